@@ -1,0 +1,69 @@
+"""Throughput of ``lowprec.quantize`` per preset and rounding mode.
+
+Prints elements/second on a 2**24-element float32 tensor next to ``x.clone()``
+and ``x.to(torch.bfloat16).float()`` measured in the same run, as ratios
+(higher is better). Every quantize call writes into a preallocated ``out=``
+tensor, and the baselines write into preallocated outputs too (``copy_``), so
+page faults on fresh allocations do not dominate the figures.
+
+    python benchmarks/quantize.py [--n 24] [--presets fp16,pot7] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+import lowprec as lp
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up (and compile)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=24, help="log2 of the element count")
+    ap.add_argument("--presets", default=",".join(lp.formats.names()))
+    ap.add_argument("--modes", default=",".join(lp.rounding.MODES))
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+
+    x = torch.randn(2**args.n, device=args.device)
+    out = torch.empty_like(x)
+    bf = torch.empty_like(x, dtype=torch.bfloat16)
+    g = torch.Generator(device=args.device).manual_seed(0)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+
+    def timed(fn: Callable[[], object]) -> float:
+        return best_time(lambda: (fn(), sync()), args.repeat)
+
+    t_clone = timed(lambda: out.copy_(x))
+    t_bf16 = timed(lambda: out.copy_(bf.copy_(x)))
+    n = x.numel()
+    print(f"device={args.device} n=2**{args.n} threads={torch.get_num_threads()} "
+          f"backend={os.environ.get('LOWPREC_BACKEND', 'auto')}")
+    print(f"clone (copy_ into out):      {n / t_clone / 1e9:7.3f} Gelem/s  ratio 1.00")
+    print(f"bf16 round trip (into out):  {n / t_bf16 / 1e9:7.3f} Gelem/s  "
+          f"ratio {t_clone / t_bf16:.2f}")
+    print(f"{'preset':10s} {'mode':13s} {'Gelem/s':>8s} {'x clone':>8s}")
+    for name in args.presets.split(","):
+        fmt = lp.formats.get(name)
+        for mode in args.modes.split(","):
+            t = timed(lambda fmt=fmt, mode=mode: lp.quantize(x, fmt, mode, generator=g, out=out))
+            print(f"{name:10s} {mode:13s} {n / t / 1e9:8.3f} {t_clone / t:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

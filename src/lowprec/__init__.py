@@ -1,0 +1,22 @@
+"""lowprec: train neural networks in emulated low-precision arithmetic.
+
+A *format* says which values exist (:mod:`lowprec.formats`), a *rounding mode*
+how a value picks its neighbour (:mod:`lowprec.rounding`), and
+:func:`quantize` applies both to a tensor.
+"""
+
+from . import formats, rounding
+from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from .quantize import quantize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FixedPoint",
+    "FloatingPoint",
+    "Format",
+    "PowerOfTwo",
+    "formats",
+    "quantize",
+    "rounding",
+]

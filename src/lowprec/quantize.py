@@ -1,0 +1,136 @@
+"""``quantize``: the value a tensor holds once stored in a format with a rounding mode.
+
+The input is rounded once, from its exact value: float16/bfloat16 inputs are
+widened to float32 (exact), float32 inputs are worked on directly and float64
+inputs in float64; formats whose values float32 cannot hold (spacings below
+``2**-149``, maxima beyond float32) are computed in float64. The result has the
+input's dtype. Where the format holds values the input dtype cannot (e.g.
+``FixedPoint(12, 8)`` on a bfloat16 tensor, 11 significant bits into 8), that
+last conversion rounds to nearest-even: pass ``out=`` a float32 tensor to keep
+the exact value.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import _kernel
+from .formats import Format, get
+from .rounding import check_mode, check_overflow, check_rand_bits
+
+if TYPE_CHECKING:
+    from .scaling import Scaling
+
+__all__ = ["quantize", "round_to_format"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@lru_cache(maxsize=256)
+def _params(fmt: Format, dtype: torch.dtype) -> tuple[torch.dtype, tuple[int, ...]]:
+    """Compute dtype and the kernel's grid description for a format."""
+    compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
+    special = float("inf") if fmt.has_inf else float("nan")
+    limits = _kernel.float_bits((fmt.max, fmt.max_negative, special), compute)
+    return compute, (fmt.grid_man, fmt.grid_qmin, fmt.code_bias, *limits)
+
+
+def _check_tensor(x: Any) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"quantize expects a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"quantize expects a float16/bfloat16/float32/float64 tensor, got {x.dtype}; "
+            "convert integer data with .float() first"
+        )
+
+
+def _draw_seed(generator: torch.Generator | None) -> tuple[int, int]:
+    """Two 32-bit seed words from ``generator`` (the default generator if None)."""
+    device = generator.device if generator is not None else "cpu"
+    s = int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
+    return s & 0xFFFFFFFF, (s >> 32) & 0xFFFFFFFF
+
+
+def round_to_format(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: str = "nearest",
+    *,
+    generator: torch.Generator | None = None,
+    rand_bits: int | None = None,
+    overflow: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Round ``x`` elementwise onto ``fmt`` (no scaling); a new tensor of ``dtype`` (x's)."""
+    _check_tensor(x)
+    check_mode(rounding)
+    bits = check_rand_bits(rand_bits, rounding)
+    ovf = check_overflow(overflow, fmt.has_inf, fmt.has_nan, fmt.name)
+    compute, grid = _params(fmt, x.dtype)
+    if x.numel() == 0:
+        return x.clone()
+    flat = x.reshape(-1).to(compute).contiguous()
+    seed = (*_draw_seed(generator), bits) if rounding == "stochastic" else (0, 0, bits)
+    dev = x.device
+    y = _kernel.run(
+        flat,
+        torch.tensor(grid, dtype=_kernel.int_dtype(compute), device=dev),
+        torch.tensor(seed, dtype=torch.int64, device=dev),
+        rounding,
+        ovf,
+        fmt.parity_from_exponent,
+    )
+    return y.view(x.shape).to(dtype or x.dtype)
+
+
+def quantize(
+    x: torch.Tensor,
+    fmt: Format | str,
+    rounding: str = "nearest",
+    *,
+    generator: torch.Generator | None = None,
+    rand_bits: int | None = None,
+    overflow: str | None = None,
+    scaling: Scaling | None = None,
+    out: torch.Tensor | None = None,
+    return_info: bool = False,
+) -> Any:
+    """Round ``x`` into ``fmt`` with mode ``rounding``; returns a tensor like ``x``.
+
+    Args:
+        x: float16/bfloat16/float32/float64 tensor on any device.
+        fmt: a :class:`~lowprec.formats.Format` or a preset name.
+        rounding: one of :data:`lowprec.rounding.MODES`.
+        generator: source of the seed for ``"stochastic"`` (default: torch's global one).
+        rand_bits: random bits per stochastic rounding (1..32; default full resolution).
+        overflow: ``"saturate"`` or ``"inf"``; default ``"inf"`` if the format has inf.
+        scaling: a :class:`~lowprec.scaling.Scaling` mapping the tensor's range onto
+            the format before rounding (and back after).
+        out: tensor to write into (may be ``x`` itself); its dtype may differ from x's.
+        return_info: also return a :class:`~lowprec.telemetry.QuantInfo`.
+    """
+    fmt = get(fmt) if isinstance(fmt, str) else fmt
+    if not isinstance(fmt, Format):
+        raise TypeError(f"fmt must be a lowprec Format or a preset name, got {fmt!r}")
+    kwargs = {"generator": generator, "rand_bits": rand_bits, "overflow": overflow,
+              "dtype": None if out is None else out.dtype}
+    info = None
+    if scaling is not None:
+        from .scaling import scaled_round
+
+        y, info = scaled_round(x, fmt, rounding, scaling, return_info, **kwargs)
+    else:
+        y = round_to_format(x, fmt, rounding, **kwargs)
+        if return_info:
+            from .telemetry import QuantInfo
+
+            info = QuantInfo.measure(x, y, fmt)
+    if out is not None:
+        if out.shape != x.shape:
+            raise ValueError(f"out has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
+        y = out.copy_(y)
+    return (y, info) if return_info else y

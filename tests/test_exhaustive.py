@@ -1,0 +1,287 @@
+"""Exhaustive bit-exactness of small formats against the exact reference (tests/reference.py).
+
+For every format below (all presets of at most 12 bits plus hand-picked corner cases):
+
+(a) ``values()``/``max``/``min_normal``/``min_subnormal``/``bits`` equal the reference, which
+    enumerates the values from the parameters alone;
+(b) ``decode`` of every code equals the reference decode, and ``encode(decode(c)) == c``
+    for every non-NaN code (the codes E=0, m!=0 of a format without subnormals are
+    unspecified and skipped);
+(c) every representable value (and ±0) is returned unchanged by every rounding mode;
+(d)/(e) for every pair of consecutive values of the format extended one step beyond
+    ``±max`` (and one further pair beyond that), the points ``lo + j (hi-lo)/8``
+    (j = 1..7, so the exact midpoint is included), the float64 neighbours of every value and
+    of every midpoint, ±0, ±tiny, ±huge, ±inf and NaN: ``quantize`` equals ``round_ref`` for
+    every deterministic mode, bit for bit (sign of zero included for float formats), for
+    float64 inputs and for the float32-representable subset as float32 inputs; stochastic
+    rounding returns one of the two admissible results.
+Parametrised over the valid overflow modes (``None`` = the format's default).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from reference import (
+    ALL_MODES,
+    DETERMINISTIC_MODES,
+    FixedSpec,
+    FloatSpec,
+    Spec,
+    decode_ref,
+    extended_values,
+    has_overflow_code,
+    max_ref,
+    min_normal_ref,
+    min_subnormal_ref,
+    mismatches,
+    round_ref_modes,
+    same_float,
+    spec_of,
+    sr_outcomes,
+    values_ref,
+)
+
+import lowprec as lp
+
+FORMATS: dict[str, Any] = {
+    "fp8_e4m3": lp.formats.get("fp8_e4m3"),
+    "fp8_e5m2": lp.formats.get("fp8_e5m2"),
+    "fp6_e3m2": lp.formats.get("fp6_e3m2"),
+    "fp6_e2m3": lp.formats.get("fp6_e2m3"),
+    "fp4_e2m1": lp.formats.get("fp4_e2m1"),
+    "int8": lp.formats.get("int8"),
+    "pot7": lp.formats.get("pot7"),
+    "fxp12": lp.formats.get("fxp12"),
+    "fp12": lp.formats.get("fp12"),
+    "e3m2_nosub": lp.FloatingPoint(exp=3, man=2, subnormals=False),
+    "e3m1_nosub_fn": lp.FloatingPoint(exp=3, man=1, subnormals=False, specials="fn"),
+    "e4m3_ieee": lp.FloatingPoint(exp=4, man=3, specials="ieee"),
+    "e5m2_bias10": lp.FloatingPoint(exp=5, man=2, bias=10),
+    "e3m0_none": lp.FloatingPoint(exp=3, man=0, specials="none"),
+    "fx6_3": lp.FixedPoint(wl=6, fl=3),
+    "fx4_0": lp.FixedPoint(wl=4, fl=0),
+    "pot3_emax2": lp.PowerOfTwo(exp_bits=3, emax=2),
+}
+NAMES = list(FORMATS)
+
+
+def _overflows(spec: Spec) -> list[str | None]:
+    """Valid overflow arguments: ``None`` (default) plus the other explicit mode."""
+    if has_overflow_code(spec):
+        return [None, "saturate" if spec.specials == "ieee" else "inf"]  # type: ignore[union-attr]
+    return [None, "saturate"]
+
+
+CASES = [(n, ov) for n in NAMES for ov in _overflows(spec_of(FORMATS[n]))]
+
+
+def _signed_zero(spec: Spec) -> bool:
+    return isinstance(spec, FloatSpec)
+
+
+@cache
+def _points(name: str) -> tuple[float, ...]:
+    """The probe points of (d)/(e), as exact float64 values."""
+    spec = spec_of(FORMATS[name])
+    ext = list(extended_values(spec))
+    far = [ext[0] * 2, *ext, ext[-1] * 2]  # one more pair beyond the extension
+    pts: set[Fraction] = set(far)
+    for lo, hi in zip(far[:-1], far[1:], strict=True):
+        for j in range(1, 8):
+            pts.add(lo + (hi - lo) * j / 8)
+    fl = np.array(sorted(float(p) for p in pts))
+    mids = np.array([float((a + b) / 2) for a, b in zip(far[:-1], far[1:], strict=True)])
+    base = np.concatenate([fl, mids])
+    extra = [
+        np.nextafter(base, np.inf),
+        np.nextafter(base, -np.inf),
+        np.array([0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e-300, 1e30, -1e30, 3e38, -3e38]),
+        np.array([math.inf, -math.inf, math.nan]),
+    ]
+    allp = np.concatenate([base, *extra])
+    # unique, keeping -0.0 and NaN
+    out: dict[tuple[int, ...], float] = {}
+    for v in allp.tolist():
+        out.setdefault((np.float64(v).view(np.int64).item(),), v)
+    return tuple(out.values())
+
+
+@cache
+def _expected(name: str, overflow: str | None) -> dict[str, tuple[float, ...]]:
+    spec = spec_of(FORMATS[name])
+    rows = [round_ref_modes(x, spec, overflow) for x in _points(name)]
+    return {m: tuple(r[m] for r in rows) for m in DETERMINISTIC_MODES}
+
+
+def _quantize(
+    xs: torch.Tensor, fmt: Any, mode: str, overflow: str | None, **kw: Any
+) -> list[float]:
+    y = lp.quantize(xs, fmt, mode, overflow=overflow, **kw)
+    assert y.dtype == xs.dtype and y.shape == xs.shape
+    return y.to(torch.float64).tolist()
+
+
+# --------------------------------------------------------------------------------------
+# (a) value sets and attributes
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_values_and_attributes(name: str) -> None:
+    """values() == reference enumeration; scalar attributes == reference."""
+    fmt = FORMATS[name]
+    spec = spec_of(fmt)
+    v = fmt.values()
+    assert isinstance(v, torch.Tensor) and v.dtype == torch.float64
+    assert [Fraction(t) for t in v.tolist()] == list(values_ref(spec))
+    assert fmt.bits == spec.bits
+    assert fmt.max == float(max_ref(spec))
+    assert fmt.min_subnormal == float(min_subnormal_ref(spec))
+    if isinstance(spec, FloatSpec):
+        assert fmt.min_normal == float(min_normal_ref(spec))
+    for attr in ("max", "min_normal", "min_subnormal"):
+        assert isinstance(getattr(fmt, attr), float), attr
+
+
+# --------------------------------------------------------------------------------------
+# (b) decode / encode over all codes
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_all_codes(name: str) -> None:
+    """decode(code) == reference decode for every defined code, float64 and float32."""
+    fmt = FORMATS[name]
+    spec = spec_of(fmt)
+    codes = torch.arange(1 << spec.bits, dtype=torch.int64)
+    want = [decode_ref(c, spec) for c in range(1 << spec.bits)]
+    keep = [i for i, w in enumerate(want) if w is not None]
+    for dtype in (torch.float64, torch.float32):
+        got = fmt.decode(codes, dtype=dtype)
+        assert got.dtype == dtype and got.shape == codes.shape
+        g = got.to(torch.float64).tolist()
+        n, ex = mismatches(
+            [float(i) for i in keep],
+            [g[i] for i in keep],
+            [want[i] for i in keep],  # type: ignore[misc]
+        )
+        assert n == 0, f"{name} {dtype}: {n} codes decode wrongly (code, got, want): {ex}"
+    default = fmt.decode(codes)
+    assert default.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encode_decode_roundtrip(name: str) -> None:
+    """encode(decode(c)) == c for every non-NaN code; encode(-0.0) == 0 for fixed point."""
+    fmt = FORMATS[name]
+    spec = spec_of(fmt)
+    want = [decode_ref(c, spec) for c in range(1 << spec.bits)]
+    idx = [i for i, w in enumerate(want) if w is not None and not math.isnan(w)]
+    for dtype in (torch.float64, torch.float32):
+        vals = torch.tensor([want[i] for i in idx], dtype=dtype)
+        codes = fmt.encode(vals)
+        assert codes.dtype == torch.int64
+        got = codes.tolist()
+        bad = [(i, g) for i, g in zip(idx, got, strict=True) if i != g]
+        assert not bad, f"{name} {dtype}: (code, re-encoded) {bad[:8]}"
+    if isinstance(spec, FixedSpec):
+        assert fmt.encode(torch.tensor([-0.0], dtype=torch.float64)).tolist() == [0]
+
+
+# --------------------------------------------------------------------------------------
+# (c) representable values are fixed points
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "overflow"), CASES)
+def test_representable_values_are_fixed_points(name: str, overflow: str | None) -> None:
+    """quantize(v) == v for every value v (and ±0) in every mode, float64 and float32."""
+    fmt = FORMATS[name]
+    spec = spec_of(fmt)
+    vals = [float(v) for v in values_ref(spec)] + [-0.0]
+    sz = _signed_zero(spec)
+    for dtype in (torch.float64, torch.float32):
+        x = torch.tensor(vals, dtype=dtype)
+        for mode in ALL_MODES:
+            gen = torch.Generator().manual_seed(1) if mode == "stochastic" else None
+            got = _quantize(x, fmt, mode, overflow, generator=gen)
+            n, ex = mismatches(vals, got, vals, signed_zero=sz)
+            assert n == 0, f"{name} {mode} {dtype}: {n} values moved: {ex}"
+
+
+# --------------------------------------------------------------------------------------
+# (d), (e) every gap of the format
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "overflow"), CASES)
+def test_every_gap_float64(name: str, overflow: str | None) -> None:
+    """quantize == round_ref for all deterministic modes on every probe point (float64)."""
+    fmt = FORMATS[name]
+    spec = spec_of(fmt)
+    xs = list(_points(name))
+    x = torch.tensor(xs, dtype=torch.float64)
+    exp = _expected(name, overflow)
+    for mode in DETERMINISTIC_MODES:
+        got = _quantize(x, fmt, mode, overflow)
+        n, ex = mismatches(xs, got, exp[mode], signed_zero=_signed_zero(spec))
+        assert n == 0, f"{name} {mode} overflow={overflow}: {n} wrong (x, got, want): {ex}"
+
+
+@pytest.mark.parametrize(("name", "overflow"), CASES)
+def test_every_gap_float32(name: str, overflow: str | None) -> None:
+    """Same as the float64 sweep, on the points that are exactly float32 values."""
+    fmt = FORMATS[name]
+    spec = spec_of(fmt)
+    allx = _points(name)
+    with np.errstate(over="ignore"):
+        keep = [i for i, v in enumerate(allx) if math.isnan(v) or float(np.float32(v)) == v]
+    xs = [allx[i] for i in keep]
+    x = torch.tensor(xs, dtype=torch.float32)
+    exp = _expected(name, overflow)
+    for mode in DETERMINISTIC_MODES:
+        got = _quantize(x, fmt, mode, overflow)
+        want = [exp[mode][i] for i in keep]
+        n, ex = mismatches(xs, got, want, signed_zero=_signed_zero(spec))
+        assert n == 0, f"{name} {mode} overflow={overflow} f32: {n} wrong (x, got, want): {ex}"
+
+
+@pytest.mark.parametrize(("name", "overflow"), CASES)
+def test_every_gap_stochastic_admissible(name: str, overflow: str | None) -> None:
+    """Stochastic rounding returns one of the two admissible results at every probe point
+    (the representable / overflowed ones being deterministic)."""
+    fmt = FORMATS[name]
+    spec = spec_of(fmt)
+    xs = list(_points(name))
+    x = torch.tensor(xs, dtype=torch.float64)
+    got = _quantize(x, fmt, "stochastic", overflow, generator=torch.Generator().manual_seed(7))
+    sz = _signed_zero(spec)
+    bad = []
+    for xi, g in zip(xs, got, strict=True):
+        a, b = sr_outcomes(xi, spec, overflow)
+        if not (same_float(g, a, sz) or same_float(g, b, sz)):
+            bad.append((xi, g, (a, b)))
+    assert not bad, f"{name}: {len(bad)} inadmissible (x, got, (small, large)): {bad[:8]}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_explicit_default_overflow(name: str) -> None:
+    """overflow=None behaves as 'inf' for ieee formats and 'saturate' otherwise."""
+    fmt = FORMATS[name]
+    spec = spec_of(fmt)
+    default = "inf" if isinstance(spec, FloatSpec) and spec.specials == "ieee" else "saturate"
+    xs = [float(v) * s for v in extended_values(spec)[-3:] for s in (1.0, 1.5, -1.0, -1.5)]
+    xs += [math.inf, -math.inf, 1e30, -1e30]
+    x = torch.tensor(xs, dtype=torch.float64)
+    for mode in ("nearest", "up", "down", "toward_zero"):
+        a = _quantize(x, fmt, mode, None)
+        b = _quantize(x, fmt, mode, default)
+        n, ex = mismatches(xs, a, b)
+        assert n == 0, (name, mode, ex)
