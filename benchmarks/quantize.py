@@ -52,11 +52,15 @@ def main() -> None:
     t_clone = timed(lambda: out.copy_(x))
     t_bf16 = timed(lambda: out.copy_(bf.copy_(x)))
     n = x.numel()
-    print(f"device={args.device} n=2**{args.n} threads={torch.get_num_threads()} "
-          f"backend={os.environ.get('LOWPREC_BACKEND', 'auto')}")
+    print(
+        f"device={args.device} n=2**{args.n} threads={torch.get_num_threads()} "
+        f"backend={os.environ.get('LOWPREC_BACKEND', 'auto')}"
+    )
     print(f"clone (copy_ into out):      {n / t_clone / 1e9:7.3f} Gelem/s  ratio 1.00")
-    print(f"bf16 round trip (into out):  {n / t_bf16 / 1e9:7.3f} Gelem/s  "
-          f"ratio {t_clone / t_bf16:.2f}")
+    print(
+        f"bf16 round trip (into out):  {n / t_bf16 / 1e9:7.3f} Gelem/s  "
+        f"ratio {t_clone / t_bf16:.2f}"
+    )
     print(f"{'preset':10s} {'mode':13s} {'Gelem/s':>8s} {'x clone':>8s}")
     for name in args.presets.split(","):
         fmt = lp.formats.get(name)

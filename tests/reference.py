@@ -362,6 +362,7 @@ def values_ref(spec: Spec) -> tuple[Fraction, ...]:
     return tuple(sorted(vals))
 
 
+@cache
 def max_ref(spec: Spec) -> Fraction:
     """Largest finite value."""
     if isinstance(spec, FixedSpec):
@@ -371,6 +372,7 @@ def max_ref(spec: Spec) -> Fraction:
     return mag
 
 
+@cache
 def min_value_ref(spec: Spec) -> Fraction:
     """Most negative finite value (``-max`` for floats, ``k_min 2**-fl`` for fixed)."""
     if isinstance(spec, FixedSpec):
@@ -537,17 +539,25 @@ def _check_overflow_arg(spec: Spec, overflow: str | None) -> str:
     return overflow
 
 
-def _choose(nb: Neighbours, mode: str) -> Fraction:
-    """The neighbour selected by a deterministic mode (in the unbounded format)."""
+def _nearest_side(nb: Neighbours) -> int:
+    """Sign of ``2x - lo - hi``: -1 nearer ``lo``, +1 nearer ``hi``, 0 exact tie."""
+    d = 2 * nb.x - nb.lo - nb.hi
+    return (d > 0) - (d < 0)
+
+
+def _choose(nb: Neighbours, mode: str, side: int | None = None) -> Fraction:
+    """The neighbour selected by a deterministic mode (in the unbounded format);
+    ``side`` is ``_nearest_side(nb)`` if already known."""
     if nb.exact:
         return nb.x
     lo, hi, x = nb.lo, nb.hi, nb.x
     small, large = (lo, hi) if x > 0 else (hi, lo)
     if mode in ("nearest", "nearest_away"):
-        d = 2 * x - lo - hi
-        if d < 0:
+        if side is None:
+            side = _nearest_side(nb)
+        if side < 0:
             return lo
-        if d > 0:
+        if side > 0:
             return hi
         if mode == "nearest_away":
             return large
@@ -582,12 +592,18 @@ def _overflow_result(spec: Spec, negative: bool, mode: str, overflow: str) -> fl
     return -math.inf if negative else math.inf
 
 
+@cache
+def _bounds(spec: Spec) -> tuple[Fraction, Fraction]:
+    return min_value_ref(spec), max_ref(spec)
+
+
 def _finish(r: Fraction, x_negative: bool, spec: Spec, mode: str, overflow: str) -> float:
-    if r > max_ref(spec) or r < min_value_ref(spec):
+    lo_b, hi_b = _bounds(spec)
+    if r > hi_b or r < lo_b:
         return _overflow_result(spec, x_negative, mode, overflow)
     if r == 0:
         return (-0.0 if x_negative else 0.0) if spec.is_float else 0.0
-    return _exact_float(r)
+    return float(r)  # exact: every value of the (extended) grid is a float64
 
 
 def _special_input(x: float, spec: Spec, overflow: str) -> float:
@@ -628,7 +644,8 @@ def round_ref_modes(
         return {m: _special_input(x, spec, ov) for m in modes}
     nb = neighbours(x, spec)
     neg = _is_negative(x)
-    return {m: _finish(_choose(nb, m), neg, spec, m, ov) for m in modes}
+    side = None if nb.exact else _nearest_side(nb)
+    return {m: _finish(_choose(nb, m, side), neg, spec, m, ov) for m in modes}
 
 
 def sr_up_probability(x: Number, spec: Spec, rand_bits: int | None = None) -> Fraction:

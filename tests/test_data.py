@@ -300,6 +300,7 @@ def test_forbidden_class_is_refused_without_executing(tmp_path: Path) -> None:
         b"\x80\x02c__builtin__\nopen\nq\x00.",
         b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x04\x00\x00\x00zlib\x86R.",
         b"\x80\x04\x8c\x05numpy\x8c\x04load\x93.",
+        b"\x80\x02cnumpy\nndarray\nJ\x00\xe1\xf5\x05\x85R.",  # ndarray(100000000): refused
     ],
 )
 def test_restricted_unpickler_refuses_other_globals(payload: bytes) -> None:
@@ -650,6 +651,12 @@ def test_pad_crop_known_offsets_exact() -> None:
     assert torch.equal(out[0, :, :28, :28], x[0, :, 4:, 4:])
     assert (out[0, :, 28:, :] == 0).all() and (out[0, :, :, 28:] == 0).all()
     assert torch.equal(out[1, :, 3:, :30], x[1, :, :29, 2:])
+    # flip folded into the crop: crop first, then mirror
+    flip = torch.tensor([True, True])
+    out = pad_crop(x, torch.tensor([4, 0]), torch.tensor([4, 0]), padding=4, flip=flip)
+    assert torch.equal(out[0], x[0].flip(2))
+    assert torch.equal(out[1, :, 4:, :28], x[1, :, :28, :28].flip(2))
+    assert (out[1, :, :, 28:] == 0).all()
 
 
 def test_random_crop_flip_preserves_pixels() -> None:

@@ -98,14 +98,14 @@ def _points(name: str) -> tuple[float, ...]:
             pts.add(lo + (hi - lo) * j / 8)
     fl = np.array(sorted(float(p) for p in pts))
     mids = np.array([float((a + b) / 2) for a, b in zip(far[:-1], far[1:], strict=True)])
-    base = np.concatenate([fl, mids])
+    vals_mids = np.concatenate([np.array([float(v) for v in far]), mids])
     extra = [
-        np.nextafter(base, np.inf),
-        np.nextafter(base, -np.inf),
+        np.nextafter(vals_mids, np.inf),
+        np.nextafter(vals_mids, -np.inf),
         np.array([0.0, -0.0, 5e-324, -5e-324, 1e-300, -1e-300, 1e30, -1e30, 3e38, -3e38]),
         np.array([math.inf, -math.inf, math.nan]),
     ]
-    allp = np.concatenate([base, *extra])
+    allp = np.concatenate([fl, *extra])
     # unique, keeping -0.0 and NaN
     out: dict[tuple[int, ...], float] = {}
     for v in allp.tolist():
@@ -148,6 +148,15 @@ def test_values_and_attributes(name: str) -> None:
         assert fmt.min_normal == float(min_normal_ref(spec))
     for attr in ("max", "min_normal", "min_subnormal"):
         assert isinstance(getattr(fmt, attr), float), attr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_values_zero_is_positive_zero(name: str) -> None:
+    """The single zero in values() is +0.0 (the value of the canonical code 0)."""
+    v = FORMATS[name].values()
+    zeros = v[v == 0]
+    assert zeros.numel() == 1
+    assert not torch.signbit(zeros).any(), f"{name}: values() lists -0.0 instead of +0.0"
 
 
 # --------------------------------------------------------------------------------------

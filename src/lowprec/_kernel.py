@@ -34,32 +34,31 @@ from collections.abc import Callable
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
 
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` without int64 overflow."""
-    lo = x & 0xFFFF
-    hi = x >> 16
-    return (lo * c + (((hi * (c & 0xFFFF)) & 0xFFFF) << 16)) & _MASK32
+def _srl(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int32 ``x`` by a constant ``n`` (torch's ``>>`` is arithmetic)."""
+    return (x >> n) & ((1 << (32 - n)) - 1)
 
 
 def _lowbias32(x: torch.Tensor) -> torch.Tensor:
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    """Chris Wellons' lowbias32 integer hash on int32 bit patterns (products wrap mod 2**32)."""
+    x = x ^ _srl(x, 16)
+    x = x * 0x7FEB352D
+    x = x ^ _srl(x, 15)
+    x = x * (0x846CA68B - (1 << 32))
+    return x ^ _srl(x, 16)
 
 
-def random_bits(n: int, seed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """32 uniform random bits (int64 in ``[0, 2**32)``) for elements ``0..n-1``.
+def random_bits(n: int, seed: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """32 uniform random bits per element ``0..n-1``, as int32 bit patterns.
 
-    ``seed`` is an int64 tensor ``[s0, s1]`` with 32-bit words.
+    ``seed`` holds int32 words ``[s0, s1, ...]``; the stream is
+    ``lowbias32(lowbias32(i_lo ^ s0) ^ s1 ^ i_hi)`` for element index ``i``.
     """
-    idx = torch.arange(n, device=like.device, dtype=torch.int64)
-    h = _lowbias32((idx & _MASK32) ^ seed[0])
-    return _lowbias32(h ^ seed[1] ^ (idx >> 32))
+    idx = torch.arange(n, device=device, dtype=torch.int64)
+    lo = (idx & 0xFFFFFFFF).to(torch.int32)  # the same 32 bits, as int32
+    hi = (idx >> 32).to(torch.int32)
+    return _lowbias32(_lowbias32(lo ^ seed[0]) ^ seed[1] ^ hi)
 
 
 # container layout: (int dtype of the same width, stored mantissa bits, exponent bias)
@@ -79,13 +78,6 @@ def float_bits(values: tuple[float, ...], dtype: torch.dtype) -> list[int]:
     return torch.tensor(values, dtype=dtype).view(_LAYOUT[dtype][0]).tolist()
 
 
-def _pow2_bits(k: torch.Tensor, p: int, bias: int) -> torch.Tensor:
-    """Bit pattern of ``2**k`` (normal or subnormal) for integer ``k`` in the container's range."""
-    normal = (k + bias).clamp(min=0) << p
-    sub = torch.ones_like(k) << (k + bias - 1 + p).clamp(min=0, max=p)
-    return torch.where(k >= 1 - bias, normal, sub)
-
-
 def round_kernel(
     x: torch.Tensor,
     grid: torch.Tensor,
@@ -99,7 +91,7 @@ def round_kernel(
     ``grid`` holds, in the container's integer dtype, ``[m, qmin, code_bias,
     max_bits, max_negative_bits, special_bits]`` (the last three: bit patterns of
     the largest magnitudes and of what overflow gives under ``overflow="inf"``,
-    inf or NaN); ``seed`` = int64 ``[s0, s1, rand_bits]`` for stochastic rounding.
+    inf or NaN); ``seed`` = int32 ``[s0, s1, rand_bits]`` for stochastic rounding.
 
     The result is built on the bit pattern: for ``d <= P`` dropped bits,
     ``u - rem + (up << d)`` is the rounded magnitude, the carry of ``up`` running
@@ -122,15 +114,14 @@ def round_kernel(
     s = mant | ((ef > 0).to(ity) << p)
     m, qmin, code_bias = grid[0], grid[1], grid[2]
     k = torch.maximum(e - m, qmin)
-    d = (k - (e - p)).clamp(min=0, max=dmax)
+    d_true = k - (e - p)
+    d = d_true.clamp(min=0, max=dmax)
     f = s >> d
     rem = s - (f << d)
     half = (torch.ones_like(d) << d) >> 1
     inexact = rem != 0
-    if parity_from_exponent:
-        odd = (f != 0) & (((k + code_bias) & 1) == 1)
-    else:
-        odd = (f & 1) == 1
+    # is the lower neighbour's code odd? (man == 0: the code's last bit is the exponent's)
+    odd = ((f != 0) & (((k + code_bias) & 1) == 1)) if parity_from_exponent else (f & 1) == 1
 
     if mode == "nearest":
         up = (rem > half) | ((rem == half) & inexact & odd)
@@ -145,18 +136,23 @@ def round_kernel(
     elif mode == "odd":
         up = inexact & ~odd
     elif mode == "stochastic":
-        # top rand_bits bits of the remainder plus as many random bits; carry rounds up
-        rb = seed[2]
-        r64 = rem.to(torch.int64)
-        d64 = d.to(torch.int64)
-        top = torch.where(d64 >= rb, r64 >> (d64 - rb).clamp(min=0), r64 << (rb - d64).clamp(min=0))
-        r = random_bits(x.numel(), seed, x) >> (32 - rb)
+        # the top rand_bits (<= 30) bits of the remainder, taken at its true position
+        # d_true (not the clamped d), plus as many random bits; the carry rounds up
+        rb = seed[2].to(ity)
+        top = torch.where(
+            d_true >= rb,
+            rem >> (d_true - rb).clamp(min=0, max=8 * x.element_size() - 1),
+            rem << (rb - d_true).clamp(min=0),
+        )
+        h = random_bits(x.numel(), seed, x.device)
+        r = ((h >> (32 - rb)) & ((1 << rb) - 1)).to(ity)
         up = inexact & (top + r >= (torch.ones_like(r) << rb))
     else:  # pragma: no cover - validated by the caller
         raise ValueError(mode)
 
     upi = up.to(ity)
-    res = torch.where(d > p, upi * _pow2_bits(k, p, bias), u - rem + (upi << d))
+    # d > P means |x| < 2**k (then k > e >= the container's emin, so 2**k is normal)
+    res = torch.where(d > p, upi * ((k + bias) << p), u - rem + (upi << d))
 
     limit = torch.where(neg, grid[4], grid[3])
     over = res > limit
@@ -177,8 +173,27 @@ def round_kernel(
     return torch.where(is_nan, b, res).view(x.dtype)
 
 
+def quantize_into(
+    out: torch.Tensor,
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    seed: torch.Tensor,
+    mode: str,
+    overflow: str,
+    parity_from_exponent: bool,
+    compute: torch.dtype,
+) -> None:
+    """``out[:] = round(x)``: widen to ``compute``, round, narrow to ``out``'s dtype.
+
+    Compiled, the three steps fuse into one pass that reads ``x`` and writes
+    ``out`` (which may be ``x`` itself).
+    """
+    y = round_kernel(x.to(compute), grid, seed, mode, overflow, parity_from_exponent)
+    out.copy_(y)
+
+
 _VARIANTS = 256
-_compiled: Callable[..., torch.Tensor] | None = None
+_compiled: Callable[..., None] | None = None
 _compile_failed = False
 
 
@@ -192,27 +207,23 @@ def backend() -> str:
     return choice
 
 
-def kernel() -> Callable[..., torch.Tensor]:
-    """The kernel for the current backend (compiled lazily, eager on failure)."""
-    global _compiled
+def run(*args: object) -> None:
+    """:func:`quantize_into` through the current backend.
+
+    With ``LOWPREC_BACKEND=auto`` a failing ``torch.compile`` (no C++ toolchain,
+    say) warns once and falls back to the eager kernel, which computes the same bits.
+    """
+    global _compiled, _compile_failed
     if backend() == "eager":
-        return round_kernel
+        quantize_into(*args)  # type: ignore[arg-type]
+        return
     if _compiled is None:
-        _compiled = torch.compile(round_kernel, dynamic=True)
-    return _compiled
-
-
-def run(*args: object, **kwargs: object) -> torch.Tensor:
-    """Call the kernel; if compilation fails under ``auto``, warn once and use eager."""
-    global _compile_failed
-    fn = kernel()
-    if fn is round_kernel:
-        return round_kernel(*args, **kwargs)  # type: ignore[arg-type]
+        _compiled = torch.compile(quantize_into, dynamic=True)
     try:
         # one compiled variant per (mode, overflow, dtype, ...): more than dynamo's default 8
         with torch._dynamo.config.patch(recompile_limit=_VARIANTS):
-            return fn(*args, **kwargs)
-    except Exception as exc:  # torch.compile can fail without a C++ toolchain
+            _compiled(*args)
+    except Exception as exc:
         if os.environ.get("LOWPREC_BACKEND", "auto") == "compiled":
             raise
         _compile_failed = True
@@ -222,5 +233,4 @@ def run(*args: object, **kwargs: object) -> torch.Tensor:
             RuntimeWarning,
             stacklevel=3,
         )
-        return round_kernel(*args, **kwargs)  # type: ignore[arg-type]
-
+        quantize_into(*args)  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import pickle
 import shutil
@@ -300,8 +301,13 @@ def _download(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_
     Raises :class:`DataError` on any network error or checksum mismatch; on failure nothing
     is left at ``dest``.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix="." + dest.name + ".", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix="." + dest.name + ".", suffix=".part", dir=dest.parent
+        )
+    except OSError as exc:
+        raise DataError(f"cannot write the download cache {dest.parent}: {exc}") from exc
     tmp = Path(tmp_name)
     try:
         digest = hashlib.md5(usedforsecurity=False)
@@ -313,7 +319,7 @@ def _download(url: str, dest: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_
                         break
                     digest.update(chunk)
                     out.write(chunk)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             raise DataError(f"download of {url} failed: {exc}") from exc
         got = digest.hexdigest()
         if got != md5:
@@ -342,9 +348,12 @@ def _safe_members(tf: tarfile.TarFile, archive: Path, top: str) -> list[tarfile.
 
 def _extract_cifar_tarball(archive: Path, dest_parent: Path) -> Path:
     """Extract ``cifar-10-batches-py/`` from ``archive`` into ``dest_parent`` atomically."""
-    dest_parent.mkdir(parents=True, exist_ok=True)
     final = dest_parent / CIFAR10_FOLDER
-    tmp_root = Path(tempfile.mkdtemp(prefix=".cifar-extract-", dir=dest_parent))
+    try:
+        dest_parent.mkdir(parents=True, exist_ok=True)
+        tmp_root = Path(tempfile.mkdtemp(prefix=".cifar-extract-", dir=dest_parent))
+    except OSError as exc:
+        raise DataError(f"cannot write the cache {dest_parent}: {exc}") from exc
     try:
         try:
             with tarfile.open(archive, "r:gz") as tf:
@@ -364,8 +373,11 @@ def _extract_cifar_tarball(archive: Path, dest_parent: Path) -> Path:
         extracted = tmp_root / CIFAR10_FOLDER
         if not _is_cifar_folder(extracted):
             raise DataError(f"{archive}: archive has no {CIFAR10_FOLDER}/data_batch_1")
-        if not final.exists():
+        try:
             os.replace(extracted, final)
+        except OSError:
+            if not _is_cifar_folder(final):  # a concurrent extraction that won is fine
+                raise DataError(f"cannot move the extracted folder to {final}") from None
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return final
@@ -446,7 +458,10 @@ def _obtain_fashion_mnist(
     if not download:
         raise DataError(_fashion_not_found_message(data_dir, "Download disabled (download=False)."))
     dest = cache_dir() / FASHION_MNIST_FOLDER
-    for base, md5 in FASHION_MNIST_FILES.values():
+    # train-images marks a usable folder (see find_fashion_mnist), so fetch it last: an
+    # interrupted download then never leaves a folder that looks complete.
+    order = sorted(FASHION_MNIST_FILES, key=lambda role: role == "train_images")
+    for base, md5 in (FASHION_MNIST_FILES[role] for role in order):
         target = dest / (base + ".gz")
         if target.is_file() and _md5_file(target) == md5:
             continue
@@ -476,11 +491,29 @@ def _latin1_encode(obj: str, encoding: str = "latin1", errors: str = "strict") -
     return obj.encode("latin1", errors)
 
 
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` inside restricted pickles (see :func:`_allowed_globals`)."""
+
+    def __init__(self) -> None:
+        """Refuse direct construction."""
+        raise pickle.UnpicklingError("numpy.ndarray(...) calls are not allowed")
+
+
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     """The only globals a CIFAR-10 pickle may reference: what rebuilds plain numpy arrays."""
-    reconstruct = np.ndarray.__reduce__(np.zeros(1, dtype=np.uint8))[0]
+    np_reconstruct = np.ndarray.__reduce__(np.zeros(1, dtype=np.uint8))[0]
+
+    def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        # numpy pickles always call _reconstruct(ndarray, (0,), b"b") and then set the real
+        # shape and data via __setstate__; insist on that so no large array is preallocated.
+        if subtype is not _NdarrayToken:
+            raise pickle.UnpicklingError("only plain numpy.ndarray can be unpickled")
+        return np_reconstruct(np.ndarray, (0,), b"b")
+
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
+        # A token, not the class itself: the pickle can name ndarray as _reconstruct's
+        # argument but cannot call the constructor with an arbitrary shape.
+        ("numpy", "ndarray"): _NdarrayToken,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): _latin1_encode,
     }
@@ -584,7 +617,7 @@ def read_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nda
         )
     if lab.size and (lab.min() < 0 or lab.max() > 9):
         raise DataError(f"{path}: labels outside 0..9 (min {lab.min()}, max {lab.max()})")
-    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32))
+    images = np.require(data.reshape(-1, 3, 32, 32), requirements=["C", "W"])
     return images, lab.astype(np.int64)
 
 
@@ -723,21 +756,31 @@ def _read_fashion_folder(
 # ---------------------------------------------------------------------------------------------
 
 
-def pad_crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
+def pad_crop(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    dx: torch.Tensor,
+    padding: int,
+    flip: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Crop each image of ``x`` [B,C,H,W] at (``dy[b]``, ``dx[b]``) in its zero-padded copy.
 
-    Offsets are in ``0..2*padding``; offset ``padding`` returns the image unchanged.  Vectorised
-    with two ``gather`` calls (no Python loop over images).
+    Offsets are in ``0..2*padding``; offset ``padding`` returns the image unchanged.  If
+    ``flip`` (bool [B]) is given, the images where it is True are also mirrored left-right
+    (the crop is taken first, then flipped).  Vectorised with two ``gather`` calls (no Python
+    loop over images).
     """
     b, c, h, w = x.shape
-    if padding == 0:
-        return x
-    padded = F.pad(x, (padding, padding, padding, padding))
-    dy = dy.to(device=x.device, dtype=torch.long)
-    dx = dx.to(device=x.device, dtype=torch.long)
-    rows = (dy[:, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+    dev = x.device
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    dy = dy.to(device=dev, dtype=torch.long)
+    dx = dx.to(device=dev, dtype=torch.long)
+    rows = (dy[:, None] + torch.arange(h, device=dev)).view(b, 1, h, 1)
     tmp = padded.gather(2, rows.expand(b, c, h, w + 2 * padding))
-    cols = (dx[:, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+    col = torch.arange(w, device=dev).expand(b, w)
+    if flip is not None:
+        col = torch.where(flip.to(dev).view(b, 1), w - 1 - col, col)
+    cols = (dx[:, None] + col).view(b, 1, 1, w)
     return tmp.gather(3, cols.expand(b, c, h, w))
 
 
@@ -751,16 +794,13 @@ def random_crop_flip(
 
     Random numbers are drawn on the CPU from ``generator`` in a fixed order (row offsets,
     column offsets, flip coins), so results are reproducible for a given generator state.
+    The whole batch is transformed by :func:`pad_crop` (two gathers, flip folded in).
     """
     b = x.shape[0]
-    if padding > 0:
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
-        x = pad_crop(x, dy, dx, padding)
-    if flip:
-        coin = torch.rand(b, generator=generator) < 0.5
-        x = torch.where(coin.to(x.device).view(b, 1, 1, 1), x.flip(3), x)
-    return x
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    coin = torch.rand(b, generator=generator) < 0.5 if flip else None
+    return pad_crop(x, dy, dx, padding, coin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -838,7 +878,14 @@ class Dataset:
 
     Images are stored as uint8 NCHW; :attr:`train_x` / :attr:`test_x` give them normalised as
     float32 (converted on first access and cached), :attr:`train_y` / :attr:`test_y` are int64.
-    Normalisation statistics always come from the training split (see the module docstring).
+    Normalisation statistics always come from the training split (see the module docstring):
+    ``x = (pixel - mean) / std`` with :attr:`mean` of shape [C,1,1] (``"standard"``) or the
+    [C,H,W] mean image (``"caffe"``, where :attr:`std` is 1).
+
+    Attributes: ``name``, ``num_classes``, ``input_shape`` (C,H,W), ``class_names``,
+    ``provenance`` (where the data came from), ``normalize``, ``augmentation`` (``"crop_flip"``
+    or ``None``), ``mean``, ``std``, ``train_y``, ``test_y``; raw pixels as
+    :attr:`train_images` / :attr:`test_images`.
     """
 
     def __init__(
@@ -887,6 +934,7 @@ class Dataset:
         c, h, w = self._train_images.shape[1:]
         self.input_shape: tuple[int, int, int] = (int(c), int(h), int(w))
         self.mean, self.std = self._fit_normalizer()
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._cache: dict[str, torch.Tensor] = {}
 
     # -- normalisation -----------------------------------------------------------------------
@@ -903,7 +951,9 @@ class Dataset:
         values = np.arange(256, dtype=np.float64)
         means, stds = [], []
         for ch in range(c):
-            hist = np.bincount(imgs[:, ch].reshape(-1), minlength=256).astype(np.float64)
+            # torch.bincount is several times faster than numpy's on uint8 input
+            channel = self._train_images[:, ch].reshape(-1)
+            hist = torch.bincount(channel, minlength=256).numpy().astype(np.float64)
             n = hist.sum()
             m = float((hist * values).sum() / n)
             var = float((hist * (values - m) ** 2).sum() / n)
@@ -916,9 +966,11 @@ class Dataset:
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise a uint8 batch [B,C,H,W] to float32 with the training statistics."""
         x = images.to(torch.float32)
-        mean = self.mean.to(x.device)
+        if x.device not in self._stats:
+            self._stats[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._stats[x.device]
         if self.normalize == "standard":
-            return (x - mean) / self.std.to(x.device)
+            return (x - mean) / std
         if self.normalize == "caffe":
             return x - mean
         return x

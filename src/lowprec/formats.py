@@ -371,7 +371,7 @@ class FloatingPoint(Format):
         _, e2 = torch.frexp(safe)  # safe = f * 2**e2, f in [0.5, 1)
         e = (e2 - 1).to(torch.int64).clamp(min=self.emin)
         e_field = torch.where(safe >= self.min_normal, e + self._bias, torch.zeros_like(e))
-        q = torch.ldexp(torch.ones_like(safe), (e.clamp(min=self.emin) - self.man).to(torch.float64))
+        q = torch.ldexp(torch.ones_like(safe), (e - self.man).to(torch.float64))
         significand = torch.round(safe / q).to(torch.int64)
         mant = torch.where(e_field > 0, significand - (1 << self.man), significand)
         codes = torch.where(finite, (e_field << self.man) | mant, torch.zeros_like(mant))
@@ -383,8 +383,10 @@ class FloatingPoint(Format):
         if bool(torch.isnan(a).any()):
             if not self.has_nan:
                 raise ValueError(f"{self.name} has no code for NaN")
-            nan_code = top | ((1 << self.man) - 1) if self.specials == "fn" else top | (
-                1 << (self.man - 1)
+            nan_code = (
+                top | ((1 << self.man) - 1)
+                if self.specials == "fn"
+                else top | (1 << (self.man - 1))
             )
             codes = torch.where(torch.isnan(a), torch.full_like(codes, nan_code), codes)
             sign = torch.where(torch.isnan(a), torch.zeros_like(sign), sign)

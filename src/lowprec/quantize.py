@@ -49,10 +49,10 @@ def _check_tensor(x: Any) -> None:
 
 
 def _draw_seed(generator: torch.Generator | None) -> tuple[int, int]:
-    """Two 32-bit seed words from ``generator`` (the default generator if None)."""
+    """Two 32-bit seed words (as signed int32 values) from ``generator`` (default: global)."""
     device = generator.device if generator is not None else "cpu"
-    s = int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
-    return s & 0xFFFFFFFF, (s >> 32) & 0xFFFFFFFF
+    words = torch.randint(-(2**31), 2**31, (2,), generator=generator, device=device)
+    return int(words[0]), int(words[1])
 
 
 def round_to_format(
@@ -63,28 +63,36 @@ def round_to_format(
     generator: torch.Generator | None = None,
     rand_bits: int | None = None,
     overflow: str | None = None,
-    dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Round ``x`` elementwise onto ``fmt`` (no scaling); a new tensor of ``dtype`` (x's)."""
+    """Round ``x`` elementwise onto ``fmt`` (no scaling), into ``out`` or a new tensor like x."""
     _check_tensor(x)
     check_mode(rounding)
     bits = check_rand_bits(rand_bits, rounding)
     ovf = check_overflow(overflow, fmt.has_inf, fmt.has_nan, fmt.name)
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    elif out.shape != x.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
     compute, grid = _params(fmt, x.dtype)
     if x.numel() == 0:
-        return x.clone()
-    flat = x.reshape(-1).to(compute).contiguous()
+        return out
     seed = (*_draw_seed(generator), bits) if rounding == "stochastic" else (0, 0, bits)
     dev = x.device
-    y = _kernel.run(
-        flat,
+    target = out if out.is_contiguous() else out.contiguous()
+    _kernel.run(
+        target.view(-1),
+        x.reshape(-1),
         torch.tensor(grid, dtype=_kernel.int_dtype(compute), device=dev),
-        torch.tensor(seed, dtype=torch.int64, device=dev),
+        torch.tensor(seed, dtype=torch.int32, device=dev),
         rounding,
         ovf,
         fmt.parity_from_exponent,
+        compute,
     )
-    return y.view(x.shape).to(dtype or x.dtype)
+    if target is not out:
+        out.copy_(target)
+    return out
 
 
 def quantize(
@@ -106,7 +114,7 @@ def quantize(
         fmt: a :class:`~lowprec.formats.Format` or a preset name.
         rounding: one of :data:`lowprec.rounding.MODES`.
         generator: source of the seed for ``"stochastic"`` (default: torch's global one).
-        rand_bits: random bits per stochastic rounding (1..32; default full resolution).
+        rand_bits: random bits per stochastic rounding (1..30; default 30, see rounding).
         overflow: ``"saturate"`` or ``"inf"``; default ``"inf"`` if the format has inf.
         scaling: a :class:`~lowprec.scaling.Scaling` mapping the tensor's range onto
             the format before rounding (and back after).
@@ -116,21 +124,18 @@ def quantize(
     fmt = get(fmt) if isinstance(fmt, str) else fmt
     if not isinstance(fmt, Format):
         raise TypeError(f"fmt must be a lowprec Format or a preset name, got {fmt!r}")
-    kwargs = {"generator": generator, "rand_bits": rand_bits, "overflow": overflow,
-              "dtype": None if out is None else out.dtype}
+    kwargs = {"generator": generator, "rand_bits": rand_bits, "overflow": overflow, "out": out}
     info = None
     if scaling is not None:
         from .scaling import scaled_round
 
         y, info = scaled_round(x, fmt, rounding, scaling, return_info, **kwargs)
     else:
+        in_place = out is not None and out.data_ptr() == x.data_ptr()
+        x_in = x.clone() if return_info and in_place else x
         y = round_to_format(x, fmt, rounding, **kwargs)
         if return_info:
             from .telemetry import QuantInfo
 
-            info = QuantInfo.measure(x, y, fmt)
-    if out is not None:
-        if out.shape != x.shape:
-            raise ValueError(f"out has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
-        y = out.copy_(y)
+            info = QuantInfo.measure(x_in, y, fmt)
     return (y, info) if return_info else y

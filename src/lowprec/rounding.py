@@ -18,7 +18,9 @@ on the magnitude and keeps the sign (so ``-0.0`` stays ``-0.0``):
                    are used, as hardware does: the top ``k`` bits of the discarded
                    remainder are added to ``k`` random bits and the carry rounds up,
                    so ``p`` becomes ``floor(p * 2**k) / 2**k`` (biased toward zero by
-                   less than ``2**-k`` of a gap).
+                   less than ``2**-k`` of a gap). The default is ``k = 30``: exact
+                   whenever the remainder has no bits below ``2**-30`` of the gap
+                   (values not far below the format's smallest spacing).
 =================  =============================================================
 
 Overflow (the rounded magnitude exceeds the format's maximum) is a separate
@@ -31,8 +33,8 @@ from __future__ import annotations
 
 MODES = ("nearest", "nearest_away", "toward_zero", "down", "up", "odd", "stochastic")
 OVERFLOWS = ("saturate", "inf")
-DEFAULT_RAND_BITS = 32
-MAX_RAND_BITS = 32
+DEFAULT_RAND_BITS = 30
+MAX_RAND_BITS = 30
 
 __all__ = ["MODES", "OVERFLOWS", "check_mode", "check_overflow", "check_rand_bits"]
 

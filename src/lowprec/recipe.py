@@ -1,0 +1,312 @@
+"""Recipes: the format, rounding and scaling of every tensor class of a training step.
+
+A :class:`QuantSpec` says how one tensor is rounded: ``y = s * Q(x / s)`` with ``Q``
+the rounding of :func:`lowprec.quantize` into ``format`` with mode ``rounding``
+(``rand_bits``, ``overflow``) and ``s`` the scale chosen by ``scaling`` (``s = 1``
+without scaling). A :class:`Recipe` gives one spec, or ``None`` for fp32 (no rounding),
+to each tensor class (:data:`TENSOR_CLASSES`):
+
+===============  ================================================================
+``weight``       parameters of a prepared layer as forward and backward see them
+``activation``   the output of every prepared layer (the study's "outputs")
+``error``        the gradient w.r.t. a prepared layer's output, rounded before the
+                 layer's own backward uses it (the study's "errors")
+``weight_grad``  the gradient w.r.t. the parameters, before the optimizer sees it
+``update``       what the optimizer writes back: the stored parameters after the
+                 step and the optimizer state (momentum, Adam moments)
+===============  ================================================================
+
+``master_weights=True`` keeps an fp32 master copy of the parameters (mixed
+precision); by default the stored parameters are themselves in the weight format,
+as in the study. ``overrides`` maps ``fnmatch`` globs on layer names
+(``model.named_modules()``) to per-class replacements, applied in order (later
+wins); :mod:`lowprec.training` applies a recipe to a model.
+
+Recipes are stored as TOML (:meth:`Recipe.to_file`, :meth:`Recipe.from_file`); the
+file is data, never executed::
+
+    name = "fp12_sr"
+    description = "..."
+    master_weights = false          # optional
+    [weight]                        # a class omitted (or "none") is fp32
+    format = "fp12"                 # a preset name, or a table, see below
+    rounding = "stochastic"         # optional: rand_bits, overflow
+    scaling = { granularity = "tensor" }   # keyword arguments of lowprec.Scaling
+    activation = "fp12"             # (at top level) shorthand: preset, round to nearest
+    [overrides."fc"]                # layers whose name matches the glob
+    activation = "none"             # "none": this class stays fp32 there
+
+A format table is ``{kind = "fixed", wl = 12, fl = 8}``, ``{kind = "float", exp = 6,
+man = 5, bias = 31, subnormals = true, specials = "none"}`` (``bias``, ``subnormals``,
+``specials`` optional) or ``{kind = "pow2", exp_bits = 6, emax = 31}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import tomli_w
+
+from . import formats
+from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from .rounding import check_mode, check_overflow, check_rand_bits
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+if TYPE_CHECKING:
+    from .scaling import Scaling
+
+__all__ = ["TENSOR_CLASSES", "QuantSpec", "Recipe", "RecipeError"]
+
+TENSOR_CLASSES = ("weight", "activation", "error", "weight_grad", "update")
+NONE = "none"  # the TOML spelling of "this class is not rounded"
+
+
+class RecipeError(ValueError):
+    """A recipe (file or dict) is malformed; the message names the offending entry."""
+
+
+def _scaling_cls() -> type:
+    from .scaling import Scaling
+
+    return Scaling
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor class is rounded: ``lowprec.quantize(x, format, rounding, ...)``.
+
+    ``format`` may be given as a preset name; it is stored as a
+    :class:`~lowprec.formats.Format`. ``scaling`` is a template: every tensor it is
+    used for gets its own copy (history scaling keeps per-tensor state).
+    """
+
+    format: Format
+    rounding: str = "nearest"
+    scaling: Scaling | None = None
+    rand_bits: int | None = None
+    overflow: str | None = None
+
+    def __post_init__(self) -> None:
+        fmt = formats.get(self.format) if isinstance(self.format, str) else self.format
+        if not isinstance(fmt, Format):
+            raise TypeError(f"format must be a lowprec Format or preset name, got {fmt!r}")
+        object.__setattr__(self, "format", fmt)
+        check_mode(self.rounding)
+        check_rand_bits(self.rand_bits, self.rounding)
+        check_overflow(self.overflow, fmt.has_inf, fmt.has_nan, fmt.name)
+        if self.scaling is not None and not isinstance(self.scaling, _scaling_cls()):
+            raise TypeError(f"scaling must be a lowprec.Scaling or None, got {self.scaling!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """TOML-ready table (defaults left out)."""
+        d: dict[str, Any] = {"format": _format_to_toml(self.format), "rounding": self.rounding}
+        if self.scaling is not None:
+            d["scaling"] = _scaling_to_dict(self.scaling)
+        for key in ("rand_bits", "overflow"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+
+SpecLike = QuantSpec | Format | str | Mapping[str, Any] | None
+
+
+def as_spec(value: SpecLike, where: str = "spec") -> QuantSpec | None:
+    """``None``/``"none"`` -> fp32; a preset name or Format -> nearest; a table -> its fields."""
+    try:
+        if value is None or value == NONE:
+            return None
+        if isinstance(value, QuantSpec):
+            return value
+        if isinstance(value, str | Format):
+            return QuantSpec(value)
+        if isinstance(value, Mapping):
+            return _spec_from_dict(value)
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise RecipeError(f"{where}: {exc}") from exc
+    raise RecipeError(
+        f"{where}: expected a QuantSpec, format, preset name, table or None, got {value!r}"
+    )
+
+
+def _check_keys(d: Mapping[str, Any], allowed: tuple[str, ...], required: tuple[str, ...] = ()):
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise RecipeError(f"unknown key(s) {unknown}; allowed: {list(allowed)}")
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise RecipeError(f"missing key(s) {missing}")
+
+
+_FORMAT_KINDS: dict[str, tuple[type[Format], tuple[str, ...], tuple[str, ...]]] = {
+    # kind: (class, required keys, optional keys)
+    "fixed": (FixedPoint, ("wl", "fl"), ()),
+    "float": (FloatingPoint, ("exp", "man"), ("bias", "subnormals", "specials")),
+    "pow2": (PowerOfTwo, ("exp_bits", "emax"), ()),
+}
+
+
+def _format_from_toml(value: Any) -> Format:
+    if isinstance(value, str):
+        return formats.get(value)
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"format must be a preset name or a table, got {value!r}")
+    kind = value.get("kind")
+    if kind not in _FORMAT_KINDS:
+        raise RecipeError(f"format kind={kind!r} is unknown; allowed: {list(_FORMAT_KINDS)}")
+    cls, required, optional = _FORMAT_KINDS[kind]
+    _check_keys(value, ("kind", *required, *optional), ("kind", *required))
+    return cls(**{k: v for k, v in value.items() if k != "kind"})
+
+
+def _format_to_toml(fmt: Format) -> str | dict[str, Any]:
+    for name in formats.names():
+        if formats.get(name) == fmt:
+            return name
+    if isinstance(fmt, PowerOfTwo):
+        return {"kind": "pow2", "exp_bits": fmt.exp_bits, "emax": fmt.emax}
+    if isinstance(fmt, FixedPoint):
+        return {"kind": "fixed", "wl": fmt.wl, "fl": fmt.fl}
+    if isinstance(fmt, FloatingPoint):
+        return {"kind": "float", "exp": fmt.exp, "man": fmt.man, "bias": fmt.ebias,
+                "subnormals": fmt.subnormals, "specials": fmt.specials}
+    raise RecipeError(f"cannot write format {fmt!r} to TOML")
+
+
+def _scaling_to_dict(s: Scaling) -> dict[str, Any]:
+    """The constructor arguments of a Scaling that differ from their defaults."""
+    return {
+        f.name: getattr(s, f.name)
+        for f in dataclasses.fields(s)
+        if f.init and getattr(s, f.name) != f.default and getattr(s, f.name) is not None
+    }
+
+
+def _spec_from_dict(d: Mapping[str, Any]) -> QuantSpec:
+    _check_keys(d, tuple(f.name for f in dataclasses.fields(QuantSpec)), ("format",))
+    kwargs = dict(d)
+    kwargs["format"] = _format_from_toml(d["format"])
+    if isinstance(d.get("scaling"), Mapping):
+        kwargs["scaling"] = _scaling_cls()(**d["scaling"])
+    return QuantSpec(**kwargs)
+
+
+Overrides = Mapping[str, Mapping[str, SpecLike]]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A :class:`QuantSpec` (or ``None``: fp32) per tensor class, plus per-layer overrides.
+
+    Each class accepts a :class:`QuantSpec`, a format or preset name (round to
+    nearest), a mapping of QuantSpec fields, or ``None``.
+    """
+
+    weight: QuantSpec | None = None
+    activation: QuantSpec | None = None
+    error: QuantSpec | None = None
+    weight_grad: QuantSpec | None = None
+    update: QuantSpec | None = None
+    master_weights: bool = False
+    overrides: Mapping[str, Mapping[str, QuantSpec | None]] = field(default_factory=dict)
+    name: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for cls in TENSOR_CLASSES:
+            object.__setattr__(self, cls, as_spec(getattr(self, cls), cls))
+        if not isinstance(self.master_weights, bool):
+            raise RecipeError(f"master_weights must be true or false, got {self.master_weights!r}")
+        for key in ("name", "description"):
+            if not isinstance(getattr(self, key), str):
+                raise RecipeError(f"{key} must be a string, got {getattr(self, key)!r}")
+        if not isinstance(self.overrides, Mapping):
+            raise RecipeError(f"overrides must map layer globs to tables, got {self.overrides!r}")
+        resolved: dict[str, dict[str, QuantSpec | None]] = {}
+        for pattern, table in self.overrides.items():
+            where = f"overrides[{pattern!r}]"
+            if not isinstance(pattern, str) or not isinstance(table, Mapping):
+                raise RecipeError(f"{where}: expected a layer glob mapped to a table")
+            try:
+                _check_keys(table, TENSOR_CLASSES)
+            except RecipeError as exc:
+                raise RecipeError(f"{where}: {exc}") from None
+            resolved[pattern] = {c: as_spec(v, f"{where}.{c}") for c, v in table.items()}
+        object.__setattr__(self, "overrides", resolved)
+
+    def specs(self) -> dict[str, QuantSpec | None]:
+        """The top-level spec of every tensor class."""
+        return {c: getattr(self, c) for c in TENSOR_CLASSES}
+
+    def for_layer(self, name: str) -> dict[str, QuantSpec | None]:
+        """The specs of layer ``name``: top level, then every matching override in order."""
+        specs = self.specs()
+        for pattern, table in self.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                specs.update(table)
+        return specs
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    # -- TOML ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A TOML-ready dict (``None`` classes left out, or ``"none"`` in overrides)."""
+        d: dict[str, Any] = {"name": self.name, "description": self.description,
+                             "master_weights": self.master_weights}
+        d.update({c: s.to_dict() for c, s in self.specs().items() if s is not None})
+        if self.overrides:
+            d["overrides"] = {
+                pattern: {c: NONE if s is None else s.to_dict() for c, s in table.items()}
+                for pattern, table in self.overrides.items()
+            }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "recipe") -> Recipe:
+        """Build from a dict as :meth:`to_dict` writes it; errors name ``source``."""
+        try:
+            if not isinstance(d, Mapping):
+                raise RecipeError(f"expected a table, got {type(d).__name__}")
+            _check_keys(d, (*TENSOR_CLASSES, "master_weights", "overrides", "name",
+                            "description"))
+            return cls(**d)
+        except RecipeError as exc:
+            raise RecipeError(f"{source}: {exc}") from None
+
+    def to_toml(self) -> str:
+        """The recipe as TOML text."""
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "recipe") -> Recipe:
+        """Parse TOML text (data only: nothing in it is executed)."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"{source}: not valid TOML: {exc}") from None
+        return cls.from_dict(data, source)
+
+    def to_file(self, path: str | os.PathLike[str]) -> None:
+        """Write the recipe as a human-editable TOML file."""
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(self.to_toml())
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Recipe:
+        """Read a TOML recipe file (see the module docstring for the schema)."""
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_toml(fh.read(), f"recipe file {os.fspath(path)!r}")

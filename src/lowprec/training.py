@@ -1,0 +1,380 @@
+"""Train any PyTorch model in emulated low precision by applying a :class:`~lowprec.Recipe`.
+
+``prepare(model, recipe)`` hooks every layer of a registered type (``nn.Linear``,
+``nn.Conv1d/2d/3d``; :func:`register_layer` adds more) without touching the model's
+code, parameter objects or ``state_dict`` keys; ``wrap_optimizer(opt)`` hooks
+``opt.step()``. Write ``Q_c`` for rounding with the layer's spec of class ``c``
+(:meth:`Recipe.for_layer`; identity where the spec is ``None``). For a prepared layer
+``y = f(x; θ)`` (``θ``: its own parameters, weight and bias) a training step is::
+
+    forward    θ ← Q_weight(θ)   in place, before the layer runs (forward-pre-hook)
+               ŷ = Q_activation(f(x; θ))   in place on the layer output (forward hook)
+    backward   ĝ = Q_error(∂L/∂ŷ); the layer's own backward then uses ĝ for both
+               ∂L/∂x = J_x^T ĝ  and  ∂L/∂θ = J_θ^T ĝ
+    step       G = Q_weight_grad(∂L/∂θ)   (p.grad, before the optimizer; step-pre-hook)
+               θ', s' = step(θ, G, s)     (SGD: v' = μ v + G + λ θ, θ' = θ - η v';
+                                           Adam: m', v' moments of G + λ θ, ...)
+               θ ← Q_weight(Q_update(θ')),  s ← Q_update(s')   (step-post-hook)
+
+``s`` is every floating tensor of ``optimizer.state[p]`` shaped like ``p``
+(``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ...). With ``Q_update`` = ``None``
+the stored weights get ``Q_weight`` alone; with both equal it is applied once. So after
+``opt.step()`` every parameter of a prepared layer is representable in its weight
+format (the study: no fp32 copy exists), and the forward-pre-hook rounds only
+parameters changed since (their version counter moved: e.g. ``load_state_dict``).
+
+With ``master_weights=True`` an fp32 master ``m`` is kept per parameter and the
+parameter tensor holds ``w = Q_weight(m)``, as mixed precision does: the step runs on
+``m`` (its ``.data`` is swapped in around ``step()``, so the optimizer state stays
+attached to the same parameter), using the gradient taken at ``w``::
+
+    m ← Q_update(step(m, G)),  w ← Q_weight(m)
+
+``state_dict`` then reports ``m`` under the usual keys, and ``load_state_dict`` sets
+``m`` and recomputes ``w``. Move the model to its device before :func:`prepare`.
+
+A layer whose input values and errors are all powers of two (``pot7``: activations of
+the previous layer, after ReLU / max-pool, and errors are ``0`` or ``±2**e``) needs no
+multiplier: each product ``x_i w_ij = ±ldexp(w_ij, log2|x_i|)`` is an exponent shift of
+the other operand, exactly (forward ``x·w``, backward ``ĝ·w`` and ``ĝ·x``), barring
+over/underflow of float32. An average pool between two layers breaks this (it divides).
+
+Stochastic rounding draws its seeds from one CPU ``torch.Generator`` per prepared model,
+seeded with ``seed``: the kernel hashes ``(seed, element index)`` on the tensor's own
+device, so a CPU generator serves every device without a device sync per rounding and a
+run is reproducible (same model, data and order of calls). Telemetry: every rounding in
+a recorded training pass (every ``telemetry_every``-th forward in training mode; ``0``:
+never) adds a :class:`~lowprec.telemetry.QuantInfo` to the model's
+:class:`~lowprec.telemetry.TelemetryLog` under ``"<layer>.<class>"`` (optimizer state:
+``"<layer>.update.<state name>"``); :func:`telemetry` returns its summary.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .quantize import quantize
+from .recipe import Recipe, QuantSpec
+from .telemetry import TelemetryLog
+
+__all__ = [
+    "layer_types",
+    "prepare",
+    "register_layer",
+    "telemetry",
+    "unprepare",
+    "wrap_optimizer",
+]
+
+_LAYER_TYPES: list[type[nn.Module]] = [nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
+_ATTR = "_lowprec_run"  # attribute of a prepared model holding its _Run
+_OWNERS: weakref.WeakValueDictionary[int, _Layer] = weakref.WeakValueDictionary()
+
+
+def register_layer(cls: type[nn.Module]) -> type[nn.Module]:
+    """Have :func:`prepare` quantize layers of type ``cls`` (also usable as a decorator).
+
+    The layer's own parameters are its weights and its output (a tensor that its
+    backward does not save) its activation.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_layer expects an nn.Module subclass, got {cls!r}")
+    if cls not in _LAYER_TYPES:
+        _LAYER_TYPES.append(cls)
+    return cls
+
+
+def layer_types() -> tuple[type[nn.Module], ...]:
+    """The layer types :func:`prepare` quantizes."""
+    return tuple(_LAYER_TYPES)
+
+
+class _Run:
+    """Per-model state: recipe, seed generator, telemetry and the pass counter."""
+
+    def __init__(self, recipe: Recipe, seed: int, telemetry_every: int) -> None:
+        self.recipe = recipe
+        self.generator = torch.Generator().manual_seed(seed)
+        self.log = TelemetryLog()
+        self.every = telemetry_every
+        self.passes = 0
+        self.recording = False
+        self.layers: list[_Layer] = []
+        self.handles: list[Any] = []
+
+    def begin_pass(self, module: nn.Module, args: Any) -> None:
+        """Root forward-pre-hook: decide whether this training pass is recorded."""
+        self.recording = module.training and self.every > 0 and self.passes % self.every == 0
+        self.passes += module.training
+
+
+class _Rounder:
+    """Rounds the tensors of one (layer, class, tensor) with its spec and scaling state."""
+
+    def __init__(self, spec: QuantSpec, key: str, run: _Run) -> None:
+        self.spec, self.key, self.run = spec, key, run
+        self.scaling = copy.deepcopy(spec.scaling)
+
+    def __call__(self, x: torch.Tensor, record: bool | None = None) -> torch.Tensor:
+        """Round ``x`` in place (recording telemetry if this pass is recorded)."""
+        s, run = self.spec, self.run
+        record = run.recording if record is None else record
+        y = quantize(x, s.format, s.rounding, generator=run.generator, rand_bits=s.rand_bits,
+                     overflow=s.overflow, scaling=self.scaling, out=x, return_info=record)
+        if record:
+            y, info = y
+            run.log.update(self.key, info)
+        return y
+
+
+class _Layer:
+    """One prepared layer: its specs, rounders, hooks and (master mode) fp32 masters."""
+
+    def __init__(self, name: str, module: nn.Module, specs: dict[str, QuantSpec | None],
+                 run: _Run) -> None:
+        self.name, self.module, self.specs, self.run = name, module, specs, run
+        self.rounders: dict[tuple[str, str], _Rounder | None] = {}
+        self.clean: dict[str, tuple[int, int]] = {}  # name -> (version, data_ptr) once rounded
+        self.masters: dict[str, torch.Tensor] = {}
+        self.parked: dict[str, torch.Tensor] = {}
+        self.names: dict[int, str] = {}
+
+    def params(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.module._parameters.items() if p is not None)
+
+    def bind(self) -> None:
+        """(Re)register the layer as the owner of its parameter objects."""
+        self.names = {id(p): n for n, p in self.params()}
+        for i in self.names:
+            _OWNERS[i] = self
+
+    def rounder(self, cls: str, tensor: str, log: str = "") -> _Rounder | None:
+        key = (cls, tensor)
+        if key not in self.rounders:
+            spec = self.specs[cls]
+            label = f"{self.name}.{cls}{'.' + log if log else ''}"
+            self.rounders[key] = None if spec is None else _Rounder(spec, label, self.run)
+        return self.rounders[key]
+
+    @torch.no_grad()
+    def round_weight(self, name: str, p: torch.Tensor) -> None:
+        """``p ← Q_weight(p)`` in place; or from the master ``w ← Q_weight(m)``."""
+        w = self.rounder("weight", name)
+        if w is None:
+            return
+        if name in self.masters:
+            w(p.detach().copy_(self.masters[name]))
+        else:
+            w(p.detach())
+            self.clean[name] = (p._version, p.data_ptr())
+
+    def forward_pre_hook(self, module: nn.Module, args: Any) -> None:
+        for n, p in self.params():
+            if n not in self.masters and self.clean.get(n) != (p._version, p.data_ptr()):
+                self.round_weight(n, p)
+
+    def forward_hook(self, module: nn.Module, args: Any, out: Any) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"lowprec: layer {self.name!r} returned {type(out).__name__}, "
+                            "not a tensor; only single-tensor outputs can be quantized")
+        act, err = self.rounder("activation", ""), self.rounder("error", "")
+        return _RoundOutput.apply(out, act, err, self.run.recording)
+
+    @torch.no_grad()
+    def before_step(self, name: str, p: nn.Parameter) -> None:
+        g = self.rounder("weight_grad", name)
+        if g is not None and p.grad is not None:
+            g(p.grad)
+        if name in self.masters:
+            self.parked[name], p.data = p.data, self.masters[name]
+
+    @torch.no_grad()
+    def after_step(self, name: str, p: nn.Parameter, state: dict[str, Any]) -> None:
+        u = self.rounder("update", name)
+        if name in self.masters:
+            p.data = self.parked.pop(name)
+        if u is not None:
+            u(self.masters.get(name, p.detach()))
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape == p.shape:
+                    self.rounder("update", f"{name}.{k}", k)(v)  # type: ignore[misc]
+        if u is None or name in self.masters or u.spec != self.specs["weight"]:
+            self.round_weight(name, p)
+        else:
+            self.clean[name] = (p._version, p.data_ptr())
+
+    def state_dict_hook(self, module: nn.Module, sd: dict[str, Any], prefix: str,
+                        meta: Any) -> None:
+        for n, m in self.masters.items():
+            sd[prefix + n] = m.clone()
+
+    def load_pre_hook(self, module: nn.Module, sd: dict[str, Any], prefix: str,
+                      *args: Any) -> None:
+        for n, m in self.masters.items():
+            v = sd.get(prefix + n)
+            if isinstance(v, torch.Tensor) and v.shape == m.shape:
+                with torch.no_grad():
+                    m.copy_(v)
+
+    def load_post_hook(self, module: nn.Module, incompatible: Any) -> None:
+        self.bind()
+        for n, p in self.params():
+            if n in self.masters:
+                self.round_weight(n, p)
+
+
+class _RoundOutput(torch.autograd.Function):
+    """Forward ``ŷ = Q_activation(y)`` in place; backward ``ĝ = Q_error(g)``."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, act: _Rounder | None, err: _Rounder | None,
+                record: bool) -> torch.Tensor:
+        ctx.err, ctx.record = err, record
+        ctx.mark_dirty(y)  # y is returned (rounded in place): no copy
+        if act is not None:
+            act(y, record)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.err is not None:
+            g = ctx.err(g.clone(memory_format=torch.contiguous_format), ctx.record)
+        return g, None, None, None
+
+
+def _run(model: nn.Module) -> _Run:
+    run = model.__dict__.get(_ATTR)
+    if run is None:
+        raise ValueError("model is not prepared: call lowprec.prepare(model, recipe) first")
+    return run
+
+
+def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
+            telemetry_every: int = 1) -> nn.Module:
+    """Quantize every layer of a registered type in ``model`` as ``recipe`` says.
+
+    Args:
+        model: any module; its code is not changed, only hooks are added.
+        recipe: a :class:`~lowprec.Recipe` or a preset name (:func:`lowprec.recipes.names`).
+        seed: seeds the model's generator for stochastic rounding.
+        telemetry_every: record telemetry every N-th training forward pass (0: never).
+
+    Returns ``model`` itself. Raises ``ValueError`` if it is already prepared, has no
+    layer of a registered type, or an override glob matches no such layer.
+    """
+    if isinstance(recipe, str):
+        from . import recipes
+
+        recipe = recipes.get(recipe)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a lowprec.Recipe or preset name, got {recipe!r}")
+    if _ATTR in model.__dict__:
+        raise ValueError("model is already prepared: call lowprec.unprepare(model) first")
+    if isinstance(telemetry_every, bool) or not isinstance(telemetry_every, int) \
+            or telemetry_every < 0:
+        raise ValueError(f"telemetry_every must be an int >= 0, got {telemetry_every!r}")
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, tuple(_LAYER_TYPES))]
+    if not found:
+        names = ", ".join(t.__name__ for t in _LAYER_TYPES)
+        raise ValueError(f"model has no layer of a registered type ({names})")
+    import fnmatch
+
+    unused = [g for g in recipe.overrides if not any(fnmatch.fnmatchcase(n, g) for n, _ in found)]
+    if unused:
+        raise ValueError(f"override(s) {unused} match no layer; layers: {[n for n, _ in found]}")
+    run = _Run(recipe, seed, telemetry_every)
+    for name, module in found:
+        specs = recipe.for_layer(name)
+        if any(s is not None for s in specs.values()):
+            run.layers.append(_attach(name or "model", module, specs, run))
+    run.handles.append(model.register_forward_pre_hook(run.begin_pass))
+    model.__dict__[_ATTR] = run
+    return model
+
+
+def _attach(name: str, module: nn.Module, specs: dict[str, QuantSpec | None],
+            run: _Run) -> _Layer:
+    layer = _Layer(name, module, specs, run)
+    layer.bind()
+    master = run.recipe.master_weights and specs["weight"] is not None
+    for n, p in layer.params():
+        if master:
+            layer.masters[n] = p.detach().clone()
+        layer.round_weight(n, p)
+    hooks = [module.register_forward_pre_hook(layer.forward_pre_hook)]
+    if specs["activation"] is not None or specs["error"] is not None:
+        hooks.append(module.register_forward_hook(layer.forward_hook))
+    if master:
+        hooks += [module.register_state_dict_post_hook(layer.state_dict_hook),
+                  module.register_load_state_dict_pre_hook(layer.load_pre_hook),
+                  module.register_load_state_dict_post_hook(layer.load_post_hook)]
+    run.handles += hooks
+    return layer
+
+
+def unprepare(model: nn.Module) -> nn.Module:
+    """Remove every hook :func:`prepare` added; master mode restores the fp32 masters."""
+    run = _run(model)
+    for h in run.handles:
+        h.remove()
+    for layer in run.layers:
+        for n, p in layer.params():
+            if n in layer.masters:
+                p.data = layer.masters[n]
+        for i in layer.names:
+            _OWNERS.pop(i, None)
+    del model.__dict__[_ATTR]
+    return model
+
+
+def telemetry(model: nn.Module) -> dict[str, Any]:
+    """Summary of the model's telemetry: per ``"<layer>.<class>"`` (see the module doc)."""
+    return _run(model).log.summary()
+
+
+def _owned(optimizer: torch.optim.Optimizer) -> Iterator[tuple[_Layer, str, nn.Parameter]]:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            layer = _OWNERS.get(id(p))
+            if layer is not None:
+                yield layer, layer.names[id(p)], p
+
+
+def wrap_optimizer(optimizer: torch.optim.Optimizer,
+                   recipe: Recipe | str | None = None) -> torch.optim.Optimizer:
+    """Round gradients before and weights/state after every ``optimizer.step()``.
+
+    Works by step pre/post hooks, so the optimizer stays the same object (schedulers,
+    ``state_dict`` and ``zero_grad`` are unaffected). Parameters of prepared layers
+    use their layer's specs; others are left alone. ``recipe``, if given, must be the
+    recipe the model was prepared with (a check against mix-ups). Returns ``optimizer``.
+    """
+    if getattr(optimizer, "_lowprec_wrapped", False):
+        raise ValueError("optimizer is already wrapped")
+    if isinstance(recipe, str):
+        from . import recipes
+
+        recipe = recipes.get(recipe)
+    owned = list(_owned(optimizer))
+    if recipe is not None and any(layer.run.recipe != recipe for layer, _, _ in owned):
+        raise ValueError("wrap_optimizer: the recipe differs from the one the model was "
+                         "prepared with")
+
+    def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for layer, name, p in _owned(opt):
+            layer.before_step(name, p)
+
+    def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for layer, name, p in _owned(opt):
+            layer.after_step(name, p, opt.state.get(p, {}))
+
+    optimizer.register_step_pre_hook(pre)
+    optimizer.register_step_post_hook(post)
+    optimizer._lowprec_wrapped = True  # type: ignore[attr-defined]
+    return optimizer
