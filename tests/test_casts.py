@@ -269,3 +269,57 @@ def test_same_format_is_identity(name: str, dtype: torch.dtype) -> None:
         got = lp.quantize(xh, _fmt(name), mode)
         ok = (got.view(torch.int16) == codes) | (got.isnan() & xh.isnan())
         assert bool(ok.all()), f"{name} {mode}: " + _report(xh.float(), got.float(), xh.float(), ok)
+
+
+# --------------------------------------------------------------------------------------
+# fp32
+# --------------------------------------------------------------------------------------
+
+
+def test_fp32_float64_matches_torch_cast() -> None:
+    """quantize(x64, fp32) == x64.to(float32) (a single IEEE rounding in torch), on random
+    float64 values over the whole float32 range and beyond, and on every kind of tie +- 1
+    float64 ulp."""
+    rng = np.random.default_rng(8)
+    n = N_RANDOM
+    e = rng.integers(-160, 140, n)
+    x = np.ldexp(rng.random(n) + 1.0, e) * rng.choice([-1.0, 1.0], n)
+    f = _random_float32(1 << 16, seed=9).numpy()
+    f = f[np.isfinite(f)]
+    nxt = np.nextafter(f, np.float32(np.inf))
+    mids = (f.astype(np.float64) + nxt.astype(np.float64)) / 2
+    mids = mids[np.isfinite(mids)]
+    extra = np.array([3.4028235677973366e38, -3.4028235677973366e38, 2.0**-150, -(2.0**-150)])
+    x = np.concatenate([x, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf), extra])
+    xt = torch.from_numpy(x)
+    got = lp.quantize(xt, _fmt("fp32"))
+    want = xt.to(torch.float32).to(torch.float64)
+    ok = _bits_equal(got, want)
+    assert bool(ok.all()), _report(xt, got, want, ok)
+
+
+def test_fp32_float32_is_identity() -> None:
+    """Quantising float32 to fp32 changes no bit, in every deterministic mode."""
+    x = _random_float32(N_RANDOM, seed=10)
+    for mode in DETERMINISTIC_MODES:
+        got = lp.quantize(x, _fmt("fp32"), mode)
+        ok = _bits_equal(got, x)
+        assert bool(ok.all()), f"{mode}: " + _report(x, got, x, ok)
+
+
+def test_fp32_all_modes_match_reference() -> None:
+    """Directed / odd / away modes on fp32 (float64 inputs) vs the reference's closed-form
+    path (validated against torch in test_reference_self)."""
+    spec = spec_of(_fmt("fp32"))
+    rng = np.random.default_rng(12)
+    n = 8000
+    x = np.ldexp(rng.random(n) + 1.0, rng.integers(-152, 130, n)) * rng.choice([-1.0, 1.0], n)
+    f = rng.standard_normal(2000).astype(np.float32)
+    mids = (f.astype(np.float64) + np.nextafter(f, np.float32(np.inf)).astype(np.float64)) / 2
+    x = np.concatenate([x, mids, np.nextafter(mids, np.inf), -mids])
+    xs = x.tolist()
+    rows = [round_ref_modes(v, spec) for v in xs]
+    for mode in DETERMINISTIC_MODES:
+        got = lp.quantize(torch.from_numpy(x), _fmt("fp32"), mode).tolist()
+        n_bad, ex = mismatches(xs, got, [r[mode] for r in rows])
+        assert n_bad == 0, f"fp32 {mode}: {n_bad} wrong (x, got, want): {ex}"

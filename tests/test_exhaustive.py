@@ -41,6 +41,7 @@ from reference import (
     min_normal_ref,
     min_subnormal_ref,
     mismatches,
+    neighbours_analytic,
     round_ref_modes,
     same_float,
     spec_of,
@@ -294,3 +295,49 @@ def test_explicit_default_overflow(name: str) -> None:
         b = _quantize(x, fmt, mode, default)
         n, ex = mismatches(xs, a, b)
         assert n == 0, (name, mode, ex)
+
+
+# --------------------------------------------------------------------------------------
+# wide formats: too many codes to enumerate, sampled instead
+# --------------------------------------------------------------------------------------
+
+WIDE_FORMATS: dict[str, Any] = {
+    "e8m10": lp.FloatingPoint(exp=8, man=10),
+    "e6m12_fn": lp.FloatingPoint(exp=6, man=12, specials="fn"),
+    "e7m9_nosub_none": lp.FloatingPoint(exp=7, man=9, subnormals=False, specials="none"),
+    "fx32_16": lp.FixedPoint(wl=32, fl=16),
+    "fx24_-3": lp.FixedPoint(wl=24, fl=-3),
+    "pot9": lp.PowerOfTwo(exp_bits=8, emax=100),
+}
+
+
+def _wide_points(spec: Spec, n: int, seed: int) -> list[float]:
+    """Random magnitudes over the whole range and, for a sample of them, the exact
+    midpoint of their neighbours, nextafter of it, and the neighbours themselves."""
+    rng = np.random.default_rng(seed)
+    lo = math.log2(float(min_subnormal_ref(spec))) - 2
+    hi = math.log2(float(max_ref(spec))) + 1.5
+    mags = np.exp2(rng.uniform(lo, hi, n)) * rng.choice([-1.0, 1.0], n)
+    pts = mags.tolist()
+    for v in mags[: n // 4].tolist():
+        nb = neighbours_analytic(Fraction(v), spec)
+        mid = float((nb.lo + nb.hi) / 2)
+        pts += [mid, math.nextafter(mid, math.inf), math.nextafter(mid, -math.inf)]
+        pts += [float(nb.lo), float(nb.hi)]
+    return pts
+
+
+@pytest.mark.parametrize("name", list(WIDE_FORMATS))
+def test_wide_formats_sampled(name: str) -> None:
+    """Every deterministic mode and both overflow settings on 16-bit-plus formats, sampled."""
+    fmt = WIDE_FORMATS[name]
+    spec = spec_of(fmt)
+    assert fmt.max == float(max_ref(spec)) and fmt.min_subnormal == float(min_subnormal_ref(spec))
+    xs = _wide_points(spec, 4000, seed=len(name))
+    x = torch.tensor(xs, dtype=torch.float64)
+    for ov in _overflows(spec):
+        rows = [round_ref_modes(v, spec, ov) for v in xs]
+        for mode in DETERMINISTIC_MODES:
+            got = _quantize(x, fmt, mode, ov)
+            n, ex = mismatches(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
+            assert n == 0, f"{name} {mode} overflow={ov}: {n} wrong (x, got, want): {ex}"

@@ -8,6 +8,8 @@ how a value picks its neighbour (:mod:`lowprec.rounding`), and
 from . import formats, rounding
 from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
 from .quantize import quantize
+from .scaling import ScaledFormat, ScaleState, Scaling
+from .telemetry import QuantInfo, TelemetryLog
 
 __version__ = "0.1.0"
 
@@ -16,6 +18,11 @@ __all__ = [
     "FloatingPoint",
     "Format",
     "PowerOfTwo",
+    "QuantInfo",
+    "ScaleState",
+    "ScaledFormat",
+    "Scaling",
+    "TelemetryLog",
     "formats",
     "quantize",
     "rounding",

@@ -89,9 +89,10 @@ def round_kernel(
     """Round a flat float32/float64 tensor ``x`` onto a format's grid.
 
     ``grid`` holds, in the container's integer dtype, ``[m, qmin, code_bias,
-    max_bits, max_negative_bits, special_bits]`` (the last three: bit patterns of
-    the largest magnitudes and of what overflow gives under ``overflow="inf"``,
-    inf or NaN); ``seed`` = int32 ``[s0, s1, rand_bits]`` for stochastic rounding.
+    max_bits, max_negative_bits, special_bits, flush]`` (bit patterns of the
+    largest magnitudes and of what overflow gives under ``overflow="inf"``, inf or
+    NaN; ``flush``: without subnormals, magnitudes below ``2**flush`` round to 0
+    or ``2**flush``); ``seed`` = int32 ``[s0, s1, rand_bits]`` for stochastic rounding.
 
     The result is built on the bit pattern: for ``d <= P`` dropped bits,
     ``u - rem + (up << d)`` is the rounded magnitude, the carry of ``up`` running
@@ -114,6 +115,7 @@ def round_kernel(
     s = mant | ((ef > 0).to(ity) << p)
     m, qmin, code_bias = grid[0], grid[1], grid[2]
     k = torch.maximum(e - m, qmin)
+    k = torch.where(e < grid[6], grid[6], k)  # no subnormals: 0 or 2**emin below 2**emin
     d_true = k - (e - p)
     d = d_true.clamp(min=0, max=dmax)
     f = s >> d

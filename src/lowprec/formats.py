@@ -45,6 +45,8 @@ __all__ = [
 
 SPECIALS = ("ieee", "fn", "none")
 
+_NO_FLUSH = -(2**20)  # a grid_flush exponent no value reaches
+
 # float64 can hold (and our kernel can compute with) quanta down to 2**-1074
 # and values up to just below 2**1024.
 _F64_MIN_QUANTUM_EXP = -1074
@@ -84,6 +86,11 @@ class Format:
     def grid_qmin(self) -> int:
         """Exponent of the smallest spacing (the subnormal / fixed-point quantum)."""
         raise NotImplementedError
+
+    @property
+    def grid_flush(self) -> int:
+        """Below ``2**grid_flush`` the only values are 0 and ``2**grid_flush`` (no subnormals)."""
+        return _NO_FLUSH
 
     @property
     def max(self) -> float:
@@ -152,7 +159,7 @@ class Format:
         codes = torch.arange(2**self.bits, dtype=torch.int64)
         v = self.decode(codes, dtype=torch.float64)
         v = v[torch.isfinite(v)]
-        return torch.unique(v)  # sorted; -0 and +0 collapse
+        return torch.unique(v + 0.0)  # sorted; -0 + 0 = +0, so zero appears once, positive
 
     def _check_encodable(self, y: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         if y.dtype.is_floating_point is False:
@@ -299,7 +306,11 @@ class FloatingPoint(Format):
 
     @property
     def grid_qmin(self) -> int:
-        return self.emin - self.man if self.subnormals else self.emin
+        return self.emin - self.man
+
+    @property
+    def grid_flush(self) -> int:
+        return _NO_FLUSH if self.subnormals else self.emin
 
     @property
     def max(self) -> float:
@@ -314,7 +325,7 @@ class FloatingPoint(Format):
 
     @property
     def min_subnormal(self) -> float:
-        return math.ldexp(1.0, self.grid_qmin)
+        return math.ldexp(1.0, self.grid_qmin if self.subnormals else self.emin)
 
     @property
     def has_inf(self) -> bool:

@@ -35,7 +35,7 @@ def _params(fmt: Format, dtype: torch.dtype) -> tuple[torch.dtype, tuple[int, ..
     compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
     special = float("inf") if fmt.has_inf else float("nan")
     limits = _kernel.float_bits((fmt.max, fmt.max_negative, special), compute)
-    return compute, (fmt.grid_man, fmt.grid_qmin, fmt.code_bias, *limits)
+    return compute, (fmt.grid_man, fmt.grid_qmin, fmt.code_bias, *limits, fmt.grid_flush)
 
 
 def _check_tensor(x: Any) -> None:
@@ -111,7 +111,8 @@ def quantize(
 
     Args:
         x: float16/bfloat16/float32/float64 tensor on any device.
-        fmt: a :class:`~lowprec.formats.Format` or a preset name.
+        fmt: a :class:`~lowprec.formats.Format` or a preset name; a
+            :class:`~lowprec.scaling.ScaledFormat` (e.g. ``"mxfp8_e4m3"``) brings its scaling.
         rounding: one of :data:`lowprec.rounding.MODES`.
         generator: source of the seed for ``"stochastic"`` (default: torch's global one).
         rand_bits: random bits per stochastic rounding (1..30; default 30, see rounding).
@@ -124,6 +125,12 @@ def quantize(
     fmt = get(fmt) if isinstance(fmt, str) else fmt
     if not isinstance(fmt, Format):
         raise TypeError(f"fmt must be a lowprec Format or a preset name, got {fmt!r}")
+    from .scaling import ScaledFormat
+
+    if isinstance(fmt, ScaledFormat):  # a preset such as mxfp8_e4m3: element format + scaling
+        if scaling is not None:
+            raise ValueError(f"{fmt.name} carries its own scaling; do not pass scaling=")
+        fmt, scaling = fmt.element, fmt.scaling
     kwargs = {"generator": generator, "rand_bits": rand_bits, "overflow": overflow, "out": out}
     info = None
     if scaling is not None:

@@ -141,7 +141,9 @@ def as_spec(value: SpecLike, where: str = "spec") -> QuantSpec | None:
     )
 
 
-def _check_keys(d: Mapping[str, Any], allowed: tuple[str, ...], required: tuple[str, ...] = ()):
+def _check_keys(
+    d: Mapping[str, Any], allowed: tuple[str, ...], required: tuple[str, ...] = ()
+) -> None:
     unknown = sorted(set(d) - set(allowed))
     if unknown:
         raise RecipeError(f"unknown key(s) {unknown}; allowed: {list(allowed)}")
@@ -186,20 +188,31 @@ def _format_to_toml(fmt: Format) -> str | dict[str, Any]:
 
 
 def _scaling_to_dict(s: Scaling) -> dict[str, Any]:
-    """The constructor arguments of a Scaling that differ from their defaults."""
-    return {
-        f.name: getattr(s, f.name)
-        for f in dataclasses.fields(s)
-        if f.init and getattr(s, f.name) != f.default and getattr(s, f.name) is not None
-    }
+    """The constructor arguments of a Scaling that differ from their defaults (no state)."""
+    d = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
+         if f.init and f.compare and getattr(s, f.name) != f.default}
+    if isinstance(d.get("scale_format"), Format):
+        d["scale_format"] = _format_to_toml(d["scale_format"])
+    return d
+
+
+def _scaling_from_dict(d: Any) -> Scaling:
+    if not isinstance(d, Mapping):
+        raise RecipeError(f"scaling must be a table of lowprec.Scaling arguments, got {d!r}")
+    cls = _scaling_cls()
+    _check_keys(d, tuple(f.name for f in dataclasses.fields(cls) if f.init and f.compare))
+    kwargs = dict(d)
+    if isinstance(d.get("scale_format"), Mapping):
+        kwargs["scale_format"] = _format_from_toml(d["scale_format"])
+    return cls(**kwargs)
 
 
 def _spec_from_dict(d: Mapping[str, Any]) -> QuantSpec:
     _check_keys(d, tuple(f.name for f in dataclasses.fields(QuantSpec)), ("format",))
     kwargs = dict(d)
     kwargs["format"] = _format_from_toml(d["format"])
-    if isinstance(d.get("scaling"), Mapping):
-        kwargs["scaling"] = _scaling_cls()(**d["scaling"])
+    if "scaling" in d:
+        kwargs["scaling"] = _scaling_from_dict(d["scaling"])
     return QuantSpec(**kwargs)
 
 

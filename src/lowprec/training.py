@@ -52,6 +52,7 @@ never) adds a :class:`~lowprec.telemetry.QuantInfo` to the model's
 from __future__ import annotations
 
 import copy
+import fnmatch
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -60,7 +61,7 @@ import torch
 from torch import nn
 
 from .quantize import quantize
-from .recipe import Recipe, QuantSpec
+from .recipe import QuantSpec, Recipe
 from .telemetry import TelemetryLog
 
 __all__ = [
@@ -121,12 +122,14 @@ class _Rounder:
         self.spec, self.key, self.run = spec, key, run
         self.scaling = copy.deepcopy(spec.scaling)
 
-    def __call__(self, x: torch.Tensor, record: bool | None = None) -> torch.Tensor:
-        """Round ``x`` in place (recording telemetry if this pass is recorded)."""
+    def __call__(self, x: torch.Tensor, record: bool | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """Round ``x`` into ``out`` (default: in place), recording telemetry if asked."""
         s, run = self.spec, self.run
         record = run.recording if record is None else record
         y = quantize(x, s.format, s.rounding, generator=run.generator, rand_bits=s.rand_bits,
-                     overflow=s.overflow, scaling=self.scaling, out=x, return_info=record)
+                     overflow=s.overflow, scaling=self.scaling,
+                     out=x if out is None else out, return_info=record)
         if record:
             y, info = y
             run.log.update(self.key, info)
@@ -176,7 +179,7 @@ class _Layer:
 
     def forward_pre_hook(self, module: nn.Module, args: Any) -> None:
         for n, p in self.params():
-            if n not in self.masters and self.clean.get(n) != (p._version, p.data_ptr()):
+            if self.clean.get(n) != (p._version, p.data_ptr()):
                 self.round_weight(n, p)
 
     def forward_hook(self, module: nn.Module, args: Any, out: Any) -> torch.Tensor:
@@ -244,7 +247,7 @@ class _RoundOutput(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.err is not None:
-            g = ctx.err(g.clone(memory_format=torch.contiguous_format), ctx.record)
+            g = ctx.err(g, ctx.record, torch.empty_like(g))  # g may be shared: not in place
         return g, None, None, None
 
 
@@ -283,8 +286,6 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
     if not found:
         names = ", ".join(t.__name__ for t in _LAYER_TYPES)
         raise ValueError(f"model has no layer of a registered type ({names})")
-    import fnmatch
-
     unused = [g for g in recipe.overrides if not any(fnmatch.fnmatchcase(n, g) for n, _ in found)]
     if unused:
         raise ValueError(f"override(s) {unused} match no layer; layers: {[n for n, _ in found]}")
@@ -307,7 +308,9 @@ def _attach(name: str, module: nn.Module, specs: dict[str, QuantSpec | None],
         if master:
             layer.masters[n] = p.detach().clone()
         layer.round_weight(n, p)
-    hooks = [module.register_forward_pre_hook(layer.forward_pre_hook)]
+    hooks = []
+    if specs["weight"] is not None and not master:
+        hooks.append(module.register_forward_pre_hook(layer.forward_pre_hook))
     if specs["activation"] is not None or specs["error"] is not None:
         hooks.append(module.register_forward_hook(layer.forward_hook))
     if master:

@@ -1,0 +1,199 @@
+"""The ``lowprec`` command line (also ``python -m lowprec``).
+
+::
+
+    lowprec train --recipe pot7 --model cifar10_quick --dataset cifar10 --epochs 10 --out runs/
+    lowprec train --recipe-file my.toml --dataset digits --epochs 5
+    lowprec reproduce --dataset cifar10 --out runs/study --seeds 0,1,2   # study recipes + report
+    lowprec reproduce --quick            # digits + small_cnn: minutes on a CPU, no download
+    lowprec report runs/study            # rebuild report.md from the saved runs
+    lowprec formats                      # format presets: bits and ranges
+    lowprec recipes                      # recipe presets: one line each
+
+Runs are resumable (rerun the same command) and skipped once finished, see
+:mod:`lowprec.experiment`. Data errors, bad recipe files and unusable run folders end
+with one line on stderr and exit status 2; a diverged ``train`` run exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import formats, recipes
+from .data import DATASETS, DataError
+from .experiment import RunError, RunResult, RunSpec, load_data, train_run
+from .models import MODELS
+from .recipe import Recipe, RecipeError
+from .report import write_report
+from .scaling import ScaledFormat
+
+__all__ = ["QUICK", "build_parser", "main"]
+
+#: what ``reproduce --quick`` changes: embedded data, a small network, a few epochs
+QUICK = {"dataset": "digits", "model": "small_cnn", "epochs": 12}
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated integers") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _run_options() -> argparse.ArgumentParser:
+    """Options shared by ``train`` and ``reproduce``."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--dataset", choices=list(DATASETS), help="data set (default: cifar10)")
+    p.add_argument("--model", choices=list(MODELS),
+                   help="network (default: small_cnn for digits, else cifar10_quick)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the solver's reference length)")
+    p.add_argument("--data-dir", help="where the data set's files are (or go)")
+    p.add_argument("--batch-size", type=int, help="override the solver's batch size")
+    p.add_argument("--lr", type=float, help="override the solver's base learning rate")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--telemetry-every", type=int, default=10, metavar="N",
+                   help="record numerics telemetry every N-th training step (0: never)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument("--out", help="output folder (one sub-folder per run)")
+    # for tests and schedulers: stop each run after N new epochs (rerun to resume)
+    p.add_argument("--max-epochs-this-call", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its five subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="lowprec", description="Train neural networks in emulated low-precision arithmetic.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = _run_options()
+
+    train = sub.add_parser("train", parents=[run], help="train one run (resumable)")
+    which = train.add_mutually_exclusive_group(required=True)
+    which.add_argument("--recipe", choices=recipes.names(), help="a preset recipe")
+    which.add_argument("--recipe-file", type=Path, help="a TOML recipe file")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=_train, out="runs")
+
+    repro = sub.add_parser("reproduce", parents=[run],
+                           help="every study recipe (x seeds), then the report")
+    repro.add_argument("--quick", action="store_true",
+                       help=f"digits + small_cnn, {QUICK['epochs']} epochs: minutes on a CPU")
+    repro.add_argument("--seeds", type=_seeds, default=[0], help="e.g. 0,1,2 (default: 0)")
+    repro.add_argument("--recipes", type=_names, default=list(recipes.STUDY),
+                       help="comma-separated presets (default: the study's six)")
+    repro.set_defaults(func=_reproduce)
+
+    report = sub.add_parser("report", help="rebuild report.md from saved runs")
+    report.add_argument("folder", type=Path)
+    report.set_defaults(func=_report)
+
+    sub.add_parser("formats", help="list format presets").set_defaults(func=_formats)
+    sub.add_parser("recipes", help="list recipe presets").set_defaults(func=_recipes)
+    return parser
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    if args.recipe:
+        return recipes.get(args.recipe)
+    recipe = Recipe.from_file(args.recipe_file)
+    return recipe if recipe.name else recipe.replace(name=args.recipe_file.stem)
+
+
+def _spec(args: argparse.Namespace, recipe: Recipe, seed: int) -> RunSpec:
+    return RunSpec(args.dataset, args.model, recipe, seed, args.epochs, args.batch_size, args.lr,
+                   args.device, args.telemetry_every)
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    args.dataset = args.dataset or "cifar10"
+    args.model = args.model or ("small_cnn" if args.dataset == "digits" else "cifar10_quick")
+
+
+def _say(result: RunResult) -> None:
+    name = result.folder.name
+    if result.status == "diverged":
+        print(f"lowprec: {name} diverged: {result.reason}", file=sys.stderr)
+        return
+    done = "already finished" if result.skipped else result.status
+    acc = f", final test accuracy {result.metrics[-1]['test_acc']:.2%}" if result.metrics else ""
+    tqdm.write(f"{name}: {done}{acc} ({result.reason or result.folder})")
+
+
+def _train(args: argparse.Namespace) -> int:
+    _fill_defaults(args)
+    recipe = _recipe(args)
+    dataset = load_data(args.dataset, args.model, args.data_dir)
+    result = train_run(_spec(args, recipe, args.seed), args.out, dataset, quiet=args.quiet,
+                       max_epochs=args.max_epochs_this_call)
+    _say(result)
+    return 1 if result.status == "diverged" else 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    if args.quick:
+        for key, value in QUICK.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    _fill_defaults(args)
+    args.out = args.out or ("runs/quick" if args.quick else "runs/study")
+    unknown = sorted(set(args.recipes) - set(recipes.names()))
+    if unknown:
+        raise RecipeError(f"unknown recipe(s) {unknown}; known: {', '.join(recipes.names())}")
+    dataset = load_data(args.dataset, args.model, args.data_dir)
+    specs = [_spec(args, recipes.get(r), s) for r in args.recipes for s in args.seeds]
+    for spec in tqdm(specs, desc="study", unit="run", disable=args.quiet):
+        _say(train_run(spec, args.out, dataset, quiet=args.quiet,
+                       max_epochs=args.max_epochs_this_call))
+    print(f"report: {write_report(args.out)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    print(f"report: {write_report(args.folder)}")
+    return 0
+
+
+def _formats(args: argparse.Namespace) -> int:
+    print(f"{'name':<12} {'bits':>4} {'max':>11} {'min normal':>11} {'min subnorm':>11}  "
+          "description")
+    for name in formats.names():
+        fmt = formats.get(name)
+        elem = fmt.element if isinstance(fmt, ScaledFormat) else fmt
+        note = " (element range, before the block scale)" if elem is not fmt else ""
+        print(f"{name:<12} {fmt.bits:>4} {elem.max:>11.4g} {elem.min_normal:>11.4g} "
+              f"{elem.min_subnormal:>11.4g}  {formats.describe(name)}{note}")
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    for name in recipes.names():
+        kind = "study" if name in recipes.STUDY else "field"
+        line = textwrap.shorten(recipes.describe(name), width=110, placeholder=" ...")
+        print(f"{name:<12} {kind:<5}  {line}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, RecipeError, RunError, OSError) as exc:
+        print(f"lowprec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lowprec: interrupted; rerun the same command to resume from the last "
+              "finished epoch", file=sys.stderr)
+        return 130

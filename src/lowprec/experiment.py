@@ -1,0 +1,515 @@
+"""Training runs: one (data set, model, recipe, seed) per folder, resumable and atomic.
+
+:func:`train_run` trains into ``<out>/<dataset>-<model>-<recipe>-s<seed>/``:
+
+===================  ===================================================================
+``config.json``      the resolved configuration (written once, when the run starts):
+                     data set and provenance, model, seed, epochs, batch size, solver,
+                     the recipe as a dict and as TOML text, versions and the machine
+``metrics.jsonl``    one JSON object per finished epoch: ``epoch``, ``loss``,
+                     ``train_acc``, ``test_loss``, ``test_acc``, ``lr``, ``seconds``,
+                     ``telemetry`` (per ``"<layer>.<class>"``: underflow, overflow,
+                     nonfinite, sqnr_db, amax pooled over the epoch's recorded passes)
+``checkpoint.pt``    the state after the last finished epoch: model, optimizer, RNG
+                     states (torch, data order, stochastic rounding), epoch, metrics
+``status.json``      written last: ``{"status": "done", ...}`` or
+                     ``{"status": "diverged", "reason": ...}``
+===================  ===================================================================
+
+Every file is replaced atomically (written to a temporary file in the same folder,
+then ``os.replace``), so an interruption leaves either the old or the new version.
+Calling :func:`train_run` again skips a run with a ``status.json`` and resumes one
+with a checkpoint from the epoch after it, restoring every random state, so that it
+ends with the same weights and metrics as an uninterrupted run. The configuration must
+match (a different one raises :class:`RunError`). Accuracies are fractions in [0, 1].
+JSON files write non-finite floats as ``NaN``/``Infinity`` (Python's ``json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__, training
+from .data import Dataset
+from .models import SolverConfig, build_model, default_solver
+from .recipe import TENSOR_CLASSES, Recipe
+
+__all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "METRICS",
+    "STATUS",
+    "RunError",
+    "RunResult",
+    "RunSpec",
+    "atomic_write",
+    "environment",
+    "first_bad",
+    "load_data",
+    "read_json",
+    "read_metrics",
+    "solver_for",
+    "train_run",
+    "write_json",
+    "write_text",
+]
+
+CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.jsonl", "checkpoint.pt", "status.json"
+#: config entries that decide the numbers: a rerun must match them to resume
+IDENTITY = ("dataset", "model", "recipe", "seed", "epochs", "batch_size", "solver")
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked (e.g. it holds another configuration)."""
+
+
+# -- atomic files ---------------------------------------------------------------------------
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(fh)`` on a temporary file next to ``path``, then move it onto ``path``.
+
+    On any failure the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write UTF-8 text."""
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to train. ``None`` fields take the model's reference solver (:func:`solver_for`);
+    ``epochs=None`` is the solver's reference run length, rounded to whole epochs."""
+
+    dataset: str
+    model: str
+    recipe: Recipe
+    seed: int = 0
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    device: str = "cpu"
+    telemetry_every: int = 10
+
+    @property
+    def name(self) -> str:
+        """The run folder's name: ``<dataset>-<model>-<recipe>-s<seed>``."""
+        return f"{self.dataset}-{self.model}-{self.recipe.name or 'custom'}-s{self.seed}"
+
+
+def solver_for(spec: RunSpec) -> SolverConfig:
+    """The model's reference solver with the spec's batch size and learning rate."""
+    solver = default_solver(spec.model)
+    changes = {"batch_size": spec.batch_size, "lr": spec.lr}
+    return solver.replace(**{k: v for k, v in changes.items() if v is not None})
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and machine: lowprec, torch, Python, host, CPU, device."""
+    dev = torch.device(device)
+    return {
+        "lowprec": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+    }
+
+
+def _epochs(spec: RunSpec, solver: SolverConfig, dataset: Dataset) -> int:
+    if spec.epochs is not None:
+        return spec.epochs
+    return max(1, round(solver.epochs(len(dataset))))
+
+
+def resolve_config(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
+    """The run's full configuration as written to ``config.json``."""
+    solver = solver_for(spec)
+    return {
+        "name": spec.name,
+        "dataset": spec.dataset,
+        "model": spec.model,
+        "recipe_name": spec.recipe.name,
+        "seed": spec.seed,
+        "epochs": _epochs(spec, solver, dataset),
+        "batch_size": solver.batch_size,
+        "telemetry_every": spec.telemetry_every,
+        "solver": dataclasses.asdict(solver),
+        "recipe": spec.recipe.to_dict(),
+        "recipe_toml": spec.recipe.to_toml(),
+        "data": {
+            "name": dataset.name,
+            "provenance": dataset.provenance,
+            "num_classes": dataset.num_classes,
+            "input_shape": list(dataset.input_shape),
+            "train_size": len(dataset),
+            "test_size": int(dataset.test_y.shape[0]),
+            "normalize": dataset.normalize,
+        },
+        "environment": environment(spec.device),
+    }
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: config[k] for k in IDENTITY}))
+
+
+def _check_or_write_config(folder: Path, config: dict[str, Any]) -> None:
+    path = folder / CONFIG
+    if not path.exists():
+        write_json(path, config)
+        return
+    old, new = _identity(read_json(path)), _identity(config)
+    diff = [k for k in IDENTITY if old[k] != new[k]]
+    if diff:
+        raise RunError(
+            f"{folder} holds a run with another configuration (differs in: {', '.join(diff)}); "
+            "use another --out folder or delete that run folder"
+        )
+
+
+# -- telemetry and divergence ---------------------------------------------------------------
+
+
+def _forward_order(model: nn.Module) -> dict[str, int]:
+    return {name: i for i, (name, _) in enumerate(model.named_modules())}
+
+
+def _telemetry_key(order: dict[str, int], key: str) -> tuple[int, int, str]:
+    """Sort key of ``"<layer>.<class>[.<state>]"``: module order, then tensor class."""
+    for cls in TENSOR_CLASSES:
+        layer, sep, rest = key.partition(f".{cls}")
+        if sep and (not rest or rest.startswith(".")) and layer in order:
+            return order[layer], TENSOR_CLASSES.index(cls), rest
+    return len(order), len(TENSOR_CLASSES), key
+
+
+def epoch_telemetry(model: nn.Module) -> dict[str, dict[str, float]]:
+    """The pooled telemetry of the passes recorded since the last reset, in forward order."""
+    order = _forward_order(model)
+    stats = training.telemetry(model)
+    keep = ("underflow", "overflow", "nonfinite", "sqnr_db", "amax")
+    return {k: {s: stats[k][s] for s in keep}
+            for k in sorted(stats, key=lambda k: _telemetry_key(order, k))}
+
+
+def first_bad(telemetry: dict[str, dict[str, float]]) -> str | None:
+    """The first tensor (in the given, forward, order) with non-finite values or a NaN SQNR,
+    else the first that overflowed; ``None`` when every tensor is clean."""
+    for key, s in telemetry.items():
+        if s["nonfinite"] > 0 or math.isnan(s["sqnr_db"]):
+            return f"{key} (non-finite: {s['nonfinite']:.1%} of values, SQNR {s['sqnr_db']} dB)"
+    for key, s in telemetry.items():
+        if s["overflow"] > 0:
+            return f"{key} (overflow: {s['overflow']:.1%} of values, amax {s['amax']:.3g})"
+    return None
+
+
+def _diagnose(spec: RunSpec, dataset: Dataset, state: dict[str, torch.Tensor],
+              x: torch.Tensor, y: torch.Tensor) -> str:
+    """Name the first tensor that went bad: replay the diverging batch on a copy of the
+    model with telemetry on every pass; fall back to the first non-finite parameter."""
+    model = _build(spec, dataset)
+    model.load_state_dict(state)
+    training.prepare(model, spec.recipe, seed=spec.seed, telemetry_every=1)
+    F.cross_entropy(model(x), y).backward()
+    culprit = first_bad(epoch_telemetry(model))
+    if culprit:
+        return f"first bad telemetry: {culprit}"
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"no quantized tensor flagged; first non-finite parameter: {name}"
+    big = max(model.named_parameters(), key=lambda np_: float(np_[1].abs().max()))
+    return (f"no quantized tensor flagged; parameters are finite (largest |w| "
+            f"{float(big[1].abs().max()):.3g} in {big[0]}): the learning rate is likely too high")
+
+
+class _Diverged(Exception):
+    pass
+
+
+# -- the training loop ----------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """How a call of :func:`train_run` ended: ``status`` is ``"done"``, ``"diverged"`` or
+    ``"paused"`` (stopped early by ``max_epochs``); ``skipped`` if it had already ended."""
+
+    folder: Path
+    status: str
+    reason: str | None
+    metrics: list[dict[str, Any]]
+    skipped: bool = False
+
+
+def _build(spec: RunSpec, dataset: Dataset) -> nn.Module:
+    c, h, w = dataset.input_shape
+    torch.manual_seed(spec.seed)
+    return build_model(spec.model, dataset.num_classes, c, (h, w)).to(spec.device)
+
+
+@dataclass
+class _Session:
+    """The live objects of one run: model, optimizer, data generator, solver and sizes."""
+
+    spec: RunSpec
+    dataset: Dataset
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    data_gen: torch.Generator
+    solver: SolverConfig
+    base_lrs: list[float]
+    steps: int
+    total: int
+
+    @classmethod
+    def start(cls, spec: RunSpec, dataset: Dataset, epochs: int) -> _Session:
+        solver = solver_for(spec)
+        model = training.prepare(_build(spec, dataset), spec.recipe, seed=spec.seed,
+                                 telemetry_every=spec.telemetry_every)
+        opt = training.wrap_optimizer(solver.make_optimizer(model), spec.recipe)
+        steps = len(dataset.loader("train", solver.batch_size))
+        return cls(spec, dataset, model, opt, torch.Generator().manual_seed(spec.seed), solver,
+                   [g["lr"] for g in opt.param_groups], steps, steps * epochs)
+
+    # The stochastic-rounding generator, telemetry log and pass counter live in
+    # lowprec.training's per-model state, which has no public accessor yet.
+    def _run_state(self) -> Any:
+        return training._run(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        run = self._run_state()
+        rng = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(),
+               "sr": run.generator.get_state(), "passes": run.passes}
+        if torch.device(self.spec.device).type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.spec.device)
+        params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        return {"model": self.model.state_dict(), "params": params,
+                "optimizer": self.opt.state_dict(), "rng": rng}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` so that training continues bit for bit.
+
+        Loading bumps the parameters' version counters, so the prepared layers would
+        re-round them (drawing stochastic-rounding seeds) at the next forward. That is done
+        now, in a throw-away eval pass; then the exact saved values (with master weights:
+        the rounded working copies) are put back through ``.data``, which the version
+        counter does not see, and only then are the random states restored.
+        """
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.model.eval()
+        with torch.no_grad():
+            self.model(torch.zeros(1, *self.dataset.input_shape, device=self.spec.device))
+            for name, p in self.model.named_parameters():
+                p.data.copy_(state["params"][name])
+        rng, run = state["rng"], self._run_state()
+        torch.set_rng_state(rng["torch"])
+        self.data_gen.set_state(rng["data"])
+        run.generator.set_state(rng["sr"])
+        run.passes = int(rng["passes"])
+        if "cuda" in rng and torch.device(self.spec.device).type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.spec.device)
+
+    def train_epoch(self, epoch: int, quiet: bool) -> dict[str, Any]:
+        """One epoch of SGD; raises :class:`_Diverged` at the first non-finite loss."""
+        self.model.train()
+        self._run_state().log.reset()
+        loader = self.dataset.loader("train", self.solver.batch_size, augment=self.solver.augment,
+                                     generator=self.data_gen, device=self.spec.device)
+        loss_sum, correct, seen, it = 0.0, 0, 0, epoch * self.steps
+        batches = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                       disable=quiet)
+        for step, (x, y) in enumerate(batches):
+            it = epoch * self.steps + step
+            factor = self.solver.lr_factor(it, self.total)
+            for g, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
+                g["lr"] = base * factor
+            out = self.model(x)
+            loss = F.cross_entropy(out, y)
+            value = loss.item()
+            if not math.isfinite(value):  # the weights are still those of this forward
+                why = _diagnose(self.spec, self.dataset, self.model.state_dict(), x, y)
+                raise _Diverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; {why}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            loss_sum += value * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+            batches.set_postfix(loss=f"{value:.4f}", refresh=False)
+        return {"loss": loss_sum / seen, "train_acc": correct / seen,
+                "lr": self.solver.lr_at(it, self.total)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Test loss and accuracy (eval mode: quantized, no telemetry recorded)."""
+        self.model.eval()
+        loss_sum, correct = 0.0, 0
+        for x, y in self.dataset.loader("test", self.solver.batch_size, device=self.spec.device):
+            out = self.model(x)
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+        n = int(self.dataset.test_y.shape[0])
+        return {"test_loss": loss_sum / n, "test_acc": correct / n}
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+def _write_metrics(folder: Path, history: list[dict[str, Any]]) -> None:
+    write_text(folder / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run folder (empty if none yet)."""
+    path = folder / METRICS
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def worst_error_underflow(telemetry: dict[str, dict[str, float]]) -> tuple[str, float] | None:
+    """The layer whose errors underflowed most, and that fraction (None: no error telemetry)."""
+    errors = {k.removesuffix(".error"): s["underflow"] for k, s in telemetry.items()
+              if k.endswith(".error")}
+    if not errors:
+        return None
+    layer = max(errors, key=errors.__getitem__)
+    return layer, errors[layer]
+
+
+def summary_line(name: str, record: dict[str, Any], epochs: int) -> str:
+    """One line per epoch: loss, accuracies, time and the worst error underflow."""
+    worst = worst_error_underflow(record["telemetry"])
+    uf = "n/a" if worst is None else f"{worst[1]:.1%} ({worst[0]})"
+    return (f"{name} epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}, "
+            f"train {record['train_acc']:.2%}, test {record['test_acc']:.2%}, "
+            f"{record['seconds']:.1f} s, worst error underflow {uf}")
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda fh: torch.save(state, fh))
+
+
+def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
+              quiet: bool = False, max_epochs: int | None = None) -> RunResult:
+    """Train ``spec`` into ``out/<spec.name>/``, resuming or skipping as the folder says.
+
+    ``dataset`` must be normalised as the model's solver asks (:func:`load_data`).
+    ``max_epochs`` stops this call after that many new epochs (status ``"paused"``).
+    """
+    solver = solver_for(spec)
+    if dataset.normalize != solver.normalize:
+        raise ValueError(f"{spec.model} expects data normalised {solver.normalize!r}, "
+                         f"got {dataset.normalize!r}")
+    folder = Path(out) / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    config = resolve_config(spec, dataset)
+    _check_or_write_config(folder, config)
+    if (folder / STATUS).exists():
+        status = read_json(folder / STATUS)
+        return RunResult(folder, status["status"], status["reason"], read_metrics(folder), True)
+    epochs = config["epochs"]
+    session = _Session.start(spec, dataset, epochs)
+    history: list[dict[str, Any]] = []
+    if (folder / CHECKPOINT).exists():
+        state = torch.load(folder / CHECKPOINT, map_location=spec.device, weights_only=True)
+        session.load_state_dict(state)
+        history = state["metrics"]
+    _write_metrics(folder, history)  # drops any line written after the checkpoint
+    stop = epochs if max_epochs is None else min(epochs, len(history) + max_epochs)
+    bar = tqdm(total=epochs, initial=len(history), desc=spec.name, unit="epoch", leave=False,
+               disable=quiet)
+    with bar:
+        for epoch in range(len(history), stop):
+            start = time.perf_counter()
+            try:
+                record = {"epoch": epoch + 1, **session.train_epoch(epoch, quiet)}
+            except _Diverged as exc:
+                write_json(folder / STATUS, {"status": "diverged", "reason": str(exc),
+                                             "epochs_completed": len(history)})
+                return RunResult(folder, "diverged", str(exc), history)
+            record.update(session.evaluate())
+            record["seconds"] = time.perf_counter() - start
+            record["telemetry"] = epoch_telemetry(session.model)
+            history.append(record)
+            _save_checkpoint(folder / CHECKPOINT,
+                             {**session.state_dict(), "epoch": epoch + 1, "metrics": history})
+            _write_metrics(folder, history)
+            bar.update()
+            if not quiet:
+                tqdm.write(summary_line(spec.name, record, epochs))
+    if len(history) < epochs:
+        return RunResult(folder, "paused", f"stopped after epoch {len(history)}/{epochs}", history)
+    write_json(folder / STATUS, {
+        "status": "done", "reason": None, "epochs_completed": epochs,
+        "final_test_acc": history[-1]["test_acc"],
+        "best_test_acc": max(r["test_acc"] for r in history),
+    })
+    return RunResult(folder, "done", None, history)
+
+
+def load_data(dataset: str, model: str, data_dir: str | os.PathLike[str] | None = None
+              ) -> Dataset:
+    """Load ``dataset`` normalised as ``model``'s reference solver expects."""
+    from .data import load_dataset
+
+    return load_dataset(dataset, data_dir, normalize=default_solver(model).normalize)

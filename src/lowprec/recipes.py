@@ -1,0 +1,46 @@
+"""Named recipes: the study's and the field's, one TOML file each in ``recipe_presets/``.
+
+Each file's ``description`` says what the recipe is and where it comes from
+(:func:`describe`). Study: ``fp32``, ``fxp12_sr``, ``fp12_sr``, ``fxp12_sr_ls``,
+``fp12_sr_ls``, ``pot7``. Field, for comparison: ``bf16_mixed``, ``fp8_hybrid``,
+``mxfp8``. Files are parsed anew on every :func:`get`, so a recipe's scaling templates
+are never shared between runs.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from .recipe import Recipe
+
+__all__ = ["describe", "get", "names", "STUDY"]
+
+STUDY = ("fp32", "fxp12_sr", "fp12_sr", "fxp12_sr_ls", "fp12_sr_ls", "pot7")
+_DIR = "recipe_presets"
+
+
+def _files() -> dict[str, resources.abc.Traversable]:
+    root = resources.files(__package__).joinpath(_DIR)
+    return {f.name.removesuffix(".toml"): f for f in root.iterdir() if f.name.endswith(".toml")}
+
+
+def names() -> list[str]:
+    """Names of all preset recipes: the study's first, then the field's (sorted)."""
+    rest = sorted(set(_files()) - set(STUDY))
+    return [*STUDY, *rest]
+
+
+def get(name: str) -> Recipe:
+    """The preset recipe called ``name`` (see :func:`names`)."""
+    files = _files()
+    if name not in files:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(names())}")
+    recipe = Recipe.from_toml(files[name].read_text(encoding="utf-8"), f"preset {name!r}")
+    if recipe.name != name:
+        raise ValueError(f"preset file {name}.toml names itself {recipe.name!r}")
+    return recipe
+
+
+def describe(name: str) -> str:
+    """What the preset is and where it comes from."""
+    return get(name).description

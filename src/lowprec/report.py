@@ -1,0 +1,475 @@
+"""The study report: ``report.md`` and its plots, rebuilt from saved run folders alone.
+
+:func:`write_report` reads every run folder below a directory (``config.json``,
+``metrics.jsonl``, ``status.json``, see :mod:`lowprec.experiment`), groups the runs by
+(data set, model) and recipe, and writes ``report.md`` with PNG and SVG plots next to it:
+a table of final/best test accuracy per recipe (mean ± sample std over seeds), the gap
+to fp32, accuracy and loss curves, per-layer error underflow/overflow rates from the
+telemetry, the modelled cost if :mod:`lowprec.cost` exists, the data provenance, the
+machine, and a verdict on each of the study's claims computed from the numbers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .experiment import CONFIG, STATUS, read_json, read_metrics, write_text
+from .recipes import STUDY as STUDY_RECIPES
+
+__all__ = ["CLOSE_PTS", "INADEQUATE_PTS", "Run", "claims", "load_runs", "write_report"]
+
+#: a recipe within this many accuracy points of fp32 is "close to fp32" / "loses little"
+CLOSE_PTS = 2.0
+#: a recipe this many points or more below fp32 (or diverged) is "not adequate"
+INADEQUATE_PTS = 5.0
+
+
+@dataclass
+class Run:
+    """One run folder as saved: its config, per-epoch metrics and final status."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    status: dict[str, Any] | None
+
+    @property
+    def state(self) -> str:
+        """``"done"``, ``"diverged"`` or ``"incomplete"`` (no ``status.json`` yet)."""
+        return self.status["status"] if self.status else "incomplete"
+
+    @property
+    def recipe(self) -> str:
+        return self.config["recipe_name"]
+
+    def final(self, key: str) -> float | None:
+        """``key`` of the last epoch of a finished run (None if diverged or incomplete)."""
+        return self.metrics[-1][key] if self.state == "done" and self.metrics else None
+
+    def best(self, key: str) -> float | None:
+        """Best ``key`` over the epochs of a finished run."""
+        return max(m[key] for m in self.metrics) if self.state == "done" and self.metrics else None
+
+
+def load_runs(folder: str | Path) -> list[Run]:
+    """Every run folder (one holding ``config.json``) below ``folder``, sorted by path."""
+    runs = []
+    for cfg in sorted(Path(folder).rglob(CONFIG)):
+        status = cfg.with_name(STATUS)
+        runs.append(Run(cfg.parent, read_json(cfg), read_metrics(cfg.parent),
+                        read_json(status) if status.exists() else None))
+    return runs
+
+
+# -- numbers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Accuracy of one recipe over its seeds (percent; ``None`` where no seed finished)."""
+
+    recipe: str
+    runs: list[Run]
+
+    def _values(self, get: Callable[[Run], float | None]) -> list[float]:
+        return [100.0 * v for r in self.runs if (v := get(r)) is not None]
+
+    @property
+    def final(self) -> list[float]:
+        return self._values(lambda r: r.final("test_acc"))
+
+    @property
+    def best(self) -> list[float]:
+        return self._values(lambda r: r.best("test_acc"))
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.final) if self.final else None
+
+    @property
+    def std(self) -> float:
+        """Sample std of the final accuracy over finished seeds (0 with fewer than two)."""
+        return statistics.stdev(self.final) if len(self.final) > 1 else 0.0
+
+    @property
+    def diverged(self) -> int:
+        return sum(r.state == "diverged" for r in self.runs)
+
+    def status(self) -> str:
+        """How many seeds finished, diverged or are incomplete."""
+        states = ("done", "diverged", "incomplete")
+        counts = {s: sum(r.state == s for r in self.runs) for s in states}
+        parts = [f"{n}/{len(self.runs)} {s}" for s, n in counts.items() if n]
+        reasons = sorted({r.status["reason"] for r in self.runs if r.state == "diverged"})
+        return ", ".join(parts) + "".join(f"<br>{_md_escape(x)}" for x in reasons)
+
+
+def _pm(values: Sequence[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f}%"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}%"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _ordered(recipes: Sequence[str]) -> list[str]:
+    study = [r for r in STUDY_RECIPES if r in recipes]
+    return study + sorted(set(recipes) - set(study))
+
+
+def _group(runs: list[Run]) -> dict[tuple[str, str], dict[str, Summary]]:
+    by_key: dict[tuple[str, str], dict[str, list[Run]]] = {}
+    for run in runs:
+        key = (run.config["dataset"], run.config["model"])
+        by_key.setdefault(key, {}).setdefault(run.recipe, []).append(run)
+    return {
+        key: {r: Summary(r, sorted(rs[r], key=lambda x: x.config["seed"])) for r in _ordered(rs)}
+        for key, rs in sorted(by_key.items())
+    }
+
+
+# -- the study's claims ---------------------------------------------------------------------
+
+Verdict = tuple[str, str]  # (verdict, the numbers behind it)
+
+
+def _acc(s: dict[str, Summary], name: str) -> str:
+    if name not in s:
+        return f"{name} not run"
+    if s[name].mean is None:
+        return f"{name} diverged" if s[name].diverged else f"{name} unfinished"
+    return f"{name} {s[name].mean:.2f}%"
+
+
+def _noise(s: dict[str, Summary], a: str, b: str) -> float:
+    """Seed noise of a difference of two means: the root sum of the two sample stds."""
+    return math.hypot(s[a].std, s[b].std)
+
+
+def _better(s: dict[str, Summary], a: str, b: str) -> bool:
+    """``a`` beats ``b`` by more than the seed noise (a finished recipe beats a diverged one)."""
+    if s[a].mean is None:
+        return False
+    return s[b].mean is None or s[a].mean - s[b].mean > _noise(s, a, b)
+
+
+def _close(s: dict[str, Summary], a: str) -> bool:
+    return s[a].mean is not None and s["fp32"].mean - s[a].mean <= CLOSE_PTS + _noise(s, a, "fp32")
+
+
+def claims(s: dict[str, Summary]) -> list[tuple[str, Verdict]]:
+    """The study's four claims with a verdict ("shown", "partly shown", "not shown",
+    "not tested") and the numbers it rests on, for one (data set, model) group."""
+    texts = [
+        "1. 12-bit fixed point with stochastic rounding is not adequate for training",
+        "2. 12-bit floating point does better under the same conditions",
+        "3. Both improve with local scaling and get close to the fp32 baseline",
+        "4. The power-of-two network (7 bits) loses very little accuracy",
+    ]
+    needs = [("fp32", "fxp12_sr"), ("fxp12_sr", "fp12_sr"),
+             ("fp32", "fxp12_sr", "fp12_sr", "fxp12_sr_ls", "fp12_sr_ls"), ("fp32", "pot7")]
+    judges: list[Callable[[dict[str, Summary]], Verdict]] = [_claim1, _claim2, _claim3, _claim4]
+    out = []
+    for text, need, judge in zip(texts, needs, judges, strict=True):
+        missing = [r for r in need if r not in s]
+        unusable = "fp32" in need and "fp32" in s and s["fp32"].mean is None
+        if missing or unusable:
+            why = f"missing runs: {', '.join(missing)}" if missing else "fp32 did not finish"
+            out.append((text, ("not tested", why)))
+        else:
+            out.append((text, judge(s)))
+    return out
+
+
+def _claim1(s: dict[str, Summary]) -> Verdict:
+    nums = f"{_acc(s, 'fxp12_sr')} vs {_acc(s, 'fp32')}"
+    if s["fxp12_sr"].mean is None:
+        return ("shown" if s["fxp12_sr"].diverged else "not tested"), nums
+    gap = s["fp32"].mean - s["fxp12_sr"].mean
+    shown = gap >= INADEQUATE_PTS
+    rule = f"gap {gap:.2f} points {'≥' if shown else '<'} {INADEQUATE_PTS:g}"
+    return ("shown" if shown else "not shown"), f"{nums} ({rule})"
+
+
+def _claim2(s: dict[str, Summary]) -> Verdict:
+    nums = f"{_acc(s, 'fp12_sr')} vs {_acc(s, 'fxp12_sr')}"
+    return ("shown" if _better(s, "fp12_sr", "fxp12_sr") else "not shown"), nums
+
+
+def _claim3(s: dict[str, Summary]) -> Verdict:
+    parts = {
+        f"fxp12_sr_ls better than fxp12_sr ({_acc(s, 'fxp12_sr_ls')} vs {_acc(s, 'fxp12_sr')})":
+            _better(s, "fxp12_sr_ls", "fxp12_sr"),
+        f"fp12_sr_ls better than fp12_sr ({_acc(s, 'fp12_sr_ls')} vs {_acc(s, 'fp12_sr')})":
+            _better(s, "fp12_sr_ls", "fp12_sr"),
+        f"both within {CLOSE_PTS:g} points of fp32 ({_acc(s, 'fp32')})":
+            _close(s, "fxp12_sr_ls") and _close(s, "fp12_sr_ls"),
+    }
+    held = sum(parts.values())
+    verdict = "shown" if held == len(parts) else "not shown" if held == 0 else "partly shown"
+    return verdict, "; ".join(f"{'yes' if ok else 'no'}: {p}" for p, ok in parts.items())
+
+
+def _claim4(s: dict[str, Summary]) -> Verdict:
+    nums = f"{_acc(s, 'pot7')} vs {_acc(s, 'fp32')}, limit {CLOSE_PTS:g} points"
+    return ("shown" if _close(s, "pot7") else "not shown"), nums
+
+
+# -- telemetry ------------------------------------------------------------------------------
+
+
+def layer_rates(summary: Summary, cls: str = "error") -> dict[str, dict[str, float]]:
+    """Per layer, the underflow and overflow fractions of tensor class ``cls`` in the last
+    recorded epoch, averaged over seeds (layers in forward order)."""
+    acc: dict[str, dict[str, list[float]]] = {}
+    for run in summary.runs:
+        if not run.metrics:
+            continue
+        for key, stats in run.metrics[-1].get("telemetry", {}).items():
+            layer, _, klass = key.rpartition(".")
+            if klass == cls:
+                for stat in ("underflow", "overflow"):
+                    acc.setdefault(layer, {}).setdefault(stat, []).append(stats[stat])
+    return {layer: {k: statistics.fmean(v) for k, v in d.items()} for layer, d in acc.items()}
+
+
+def _telemetry_text(s: dict[str, Summary]) -> list[str]:
+    rates = {r: layer_rates(sm) for r, sm in s.items()}
+    rates = {r: v for r, v in rates.items() if v}
+    if not rates:
+        return ["No error-class telemetry was recorded (every recipe is fp32 for errors)."]
+    layers = list(dict.fromkeys(layer for v in rates.values() for layer in v))
+    lines = [
+        "Fraction of error values (gradients w.r.t. layer outputs) flushed to zero "
+        "(underflow) / saturated (overflow) in the last epoch, per layer (forward order):",
+        "",
+        "| layer | " + " | ".join(rates) + " |",
+        "|---|" + "---|" * len(rates),
+    ]
+    for layer in layers:
+        cells = [
+            f"{v[layer]['underflow']:.1%} / {v[layer]['overflow']:.1%}" if layer in v else "—"
+            for v in rates.values()
+        ]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for plain, scaled in (("fxp12_sr", "fxp12_sr_ls"), ("fp12_sr", "fp12_sr_ls")):
+        if plain in rates and scaled in rates:
+            a = statistics.fmean(v["underflow"] for v in rates[plain].values())
+            b = statistics.fmean(v["underflow"] for v in rates[scaled].values())
+            worst = max(rates[plain], key=lambda layer: rates[plain][layer]["underflow"])
+            lines.append(
+                f"- {plain} flushes {a:.1%} of error values to zero on average over layers "
+                f"(worst: {worst}, {rates[plain][worst]['underflow']:.1%}); with local scaling "
+                f"{scaled} flushes {b:.1%}. Errors that underflow carry no gradient signal, "
+                "which is why a fixed range fails where a per-tensor scale keeps training."
+            )
+    return lines
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+
+def _save(fig: Figure, folder: Path, stem: str) -> str:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(folder / f"{stem}.{ext}", dpi=120)
+    return f"{stem}.png"
+
+
+def _curve(ax: Axes, summary: Summary, key: str, scale: float) -> None:
+    """Mean over seeds of ``key`` per epoch, with a ± std band when several seeds."""
+    series = [[scale * m[key] for m in r.metrics] for r in summary.runs if r.metrics]
+    if not series:
+        return
+    n = max(map(len, series))
+    epochs = list(range(1, n + 1))
+    cols = [[s[i] for s in series if i < len(s)] for i in range(n)]
+    mean = [statistics.fmean(c) for c in cols]
+    label = summary.recipe + (f" ({summary.diverged} diverged)" if summary.diverged else "")
+    (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+    if len(series) > 1:
+        std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in cols]
+        ax.fill_between(epochs, [m - d for m, d in zip(mean, std, strict=True)],
+                        [m + d for m, d in zip(mean, std, strict=True)],
+                        color=line.get_color(), alpha=0.2)
+
+
+def _curves_plot(s: dict[str, Summary], key: str, ylabel: str, folder: Path, stem: str) -> str:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for summary in s.values():
+        _curve(ax, summary, key, 100.0 if key.endswith("acc") else 1.0)
+    if key == "loss":
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, folder, stem)
+
+
+def _telemetry_plot(s: dict[str, Summary], folder: Path, stem: str) -> str | None:
+    rates = {r: v for r, sm in s.items() if (v := layer_rates(sm))}
+    if not rates:
+        return None
+    layers = list(dict.fromkeys(layer for v in rates.values() for layer in v))
+    fig = Figure(figsize=(11, 4.5))
+    width = 0.8 / len(rates)
+    for i, stat in enumerate(("underflow", "overflow")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, (recipe, v) in enumerate(rates.items()):
+            xs = [k + j * width for k in range(len(layers))]
+            ax.bar(xs, [100.0 * v.get(lay, {}).get(stat, 0.0) for lay in layers], width,
+                   label=recipe)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(layers))], layers, rotation=45,
+                      ha="right", fontsize=8)
+        ax.set_ylabel(f"error {stat} (% of values, last epoch)")
+        ax.set_title(f"error {stat} per layer")
+        ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, folder, stem)
+
+
+# -- cost model -----------------------------------------------------------------------------
+
+
+def _cost_section(model: str, s: dict[str, Summary]) -> list[str]:
+    """Modelled memory/energy from :mod:`lowprec.cost` when that module exists.
+
+    Contract: ``lowprec.cost.report_section(model, recipes)`` with ``recipes`` mapping
+    recipe names to recipe dicts (as saved in ``config.json``) returns Markdown.
+    """
+    if importlib.util.find_spec("lowprec.cost") is None:
+        return ["cost model: not available in this version"]
+    cost = importlib.import_module("lowprec.cost")
+    section = getattr(cost, "report_section", None)
+    if section is None:
+        return ["cost model: `lowprec.cost` has no `report_section()`; not included"]
+    recipes = {r: sm.runs[0].config["recipe"] for r, sm in s.items()}
+    return [section(model, recipes)]
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def _machines(runs: list[Run]) -> list[str]:
+    seen = []
+    for r in runs:
+        e = r.config["environment"]
+        line = (f"{e['cpu']} ({e['cpu_count']} cores), {e['device']}"
+                + (f" ({e['gpu']})" if e.get("gpu") else "")
+                + f", torch {e['torch']}, Python {e['python']}, lowprec {e['lowprec']}, "
+                  f"host {e['hostname']}")
+        if line not in seen:
+            seen.append(line)
+    return seen
+
+
+def _table(s: dict[str, Summary]) -> list[str]:
+    fp32 = s["fp32"].mean if "fp32" in s else None
+    lines = ["| recipe | seeds | final test acc | best test acc | gap to fp32 | status |",
+             "|---|---|---|---|---|---|"]
+    for r, sm in s.items():
+        gap = "—" if fp32 is None or sm.mean is None else f"{sm.mean - fp32:+.2f}"
+        seeds = ",".join(str(run.config["seed"]) for run in sm.runs)
+        lines.append(f"| {r} | {seeds} | {_pm(sm.final)} | {_pm(sm.best)} | {gap} | "
+                     f"{sm.status()} |")
+    return lines
+
+
+def _group_section(key: tuple[str, str], s: dict[str, Summary], folder: Path,
+                   suffix: str) -> list[str]:
+    dataset, model = key
+    runs = [r for sm in s.values() for r in sm.runs]
+    cfg = runs[0].config
+    provenance = sorted({r.config["data"]["provenance"] for r in runs})
+    epochs = sorted({r.config["epochs"] for r in runs})
+    acc = _curves_plot(s, "test_acc", "test accuracy (%)", folder, f"accuracy{suffix}")
+    loss = _curves_plot(s, "loss", "training loss", folder, f"loss{suffix}")
+    telem = _telemetry_plot(s, folder, f"telemetry{suffix}")
+    out = [
+        f"## {dataset} / {model}",
+        "",
+        f"{len(runs)} runs, {', '.join(map(str, epochs))} epochs, batch {cfg['batch_size']}, "
+        f"solver: {_solver_text(cfg['solver'])}.",
+        "",
+        "Data provenance: " + "; ".join(provenance),
+        "",
+        "### Test accuracy",
+        "",
+        "Final = after the last epoch; best = best epoch; mean ± sample std over seeds "
+        "that finished; gap = final mean minus fp32's final mean, in points.",
+        "",
+        *_table(s),
+        "",
+        "### The study's claims in these runs",
+        "",
+        f"Rules: \"not adequate\" = diverged or at least {INADEQUATE_PTS:g} points below fp32; "
+        f"\"close\"/\"loses little\" = within {CLOSE_PTS:g} points of fp32; \"better\" = a "
+        "higher final mean by more than the seed noise (root sum of the two sample stds).",
+        "",
+        *(f"- **{text}**: {verdict} — {nums}" for text, (verdict, nums) in claims(s)),
+        "",
+        "### Curves",
+        "",
+        f"![test accuracy per epoch]({acc})",
+        "",
+        f"![training loss per epoch]({loss})",
+        "",
+        "### Why fixed point fails without scaling: error telemetry",
+        "",
+        *_telemetry_text(s),
+        "",
+    ]
+    if telem:
+        out += [f"![error underflow/overflow per layer]({telem})", ""]
+    return out + ["### Modelled memory / energy", "", *_cost_section(model, s), ""]
+
+
+def _solver_text(solver: dict[str, Any]) -> str:
+    steps = ", ".join(f"{f:g}" for f in solver["lr_steps"]) or "none"
+    return (f"SGD lr {solver['lr']:g}, momentum {solver['momentum']:g}, weight decay "
+            f"{solver['weight_decay']:g}, lr × {solver['gamma']:g} at run fractions {steps}, "
+            f"normalize {solver['normalize']}, augment {solver['augment']}")
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write ``report.md`` and its plots into ``folder`` from the runs below it."""
+    folder = Path(folder)
+    runs = load_runs(folder)
+    if not runs:
+        raise FileNotFoundError(f"no run folders (with {CONFIG}) below {folder}")
+    groups = _group(runs)
+    lines = [
+        "# Low-precision training study: reproduction report",
+        "",
+        "Study: Ortiz et al., \"Low-Precision Floating-Point Schemes for Neural Network "
+        "Training\", arXiv:1804.05267 (2018). Numbers below are measured in these runs, "
+        "with emulated (rounded float32) arithmetic.",
+        "",
+        "Machine: " + "; ".join(_machines(runs)),
+        "",
+    ]
+    for key, s in groups.items():
+        suffix = "" if len(groups) == 1 else f"-{key[0]}-{key[1]}"
+        lines += _group_section(key, s, folder, suffix)
+    path = folder / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
