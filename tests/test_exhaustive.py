@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reference import (
     ALL_MODES,
     DETERMINISTIC_MODES,
@@ -66,6 +68,7 @@ FORMATS: dict[str, Any] = {
     "e4m3_ieee": lp.FloatingPoint(exp=4, man=3, specials="ieee"),
     "e5m2_bias10": lp.FloatingPoint(exp=5, man=2, bias=10),
     "e3m0_none": lp.FloatingPoint(exp=3, man=0, specials="none"),
+    "e3m0_fn": lp.FloatingPoint(exp=3, man=0, specials="fn"),  # max is 2**3, not 0
     "fx6_3": lp.FixedPoint(wl=6, fl=3),
     "fx4_0": lp.FixedPoint(wl=4, fl=0),
     "pot3_emax2": lp.PowerOfTwo(exp_bits=3, emax=2),
@@ -341,3 +344,64 @@ def test_wide_formats_sampled(name: str) -> None:
             got = _quantize(x, fmt, mode, ov)
             n, ex = mismatches(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
             assert n == 0, f"{name} {mode} overflow={ov}: {n} wrong (x, got, want): {ex}"
+
+
+# --------------------------------------------------------------------------------------
+# random format parameters (hypothesis)
+# --------------------------------------------------------------------------------------
+
+
+@st.composite
+def _random_format(draw: st.DrawFn) -> Any:
+    """A random small FloatingPoint / FixedPoint / PowerOfTwo within float64's reach."""
+    kind = draw(st.sampled_from(["float", "float", "fixed", "pot"]))
+    if kind == "fixed":
+        return lp.FixedPoint(wl=draw(st.integers(1, 20)), fl=draw(st.integers(-6, 24)))
+    if kind == "pot":
+        return lp.PowerOfTwo(exp_bits=draw(st.integers(1, 6)), emax=draw(st.integers(-20, 20)))
+    specials = draw(st.sampled_from(["ieee", "fn", "none"]))
+    exp = draw(st.integers(2 if specials == "ieee" else 1, 6))
+    man = draw(st.integers(0, 8))
+    default = (1 << (exp - 1)) - 1
+    bias = draw(st.one_of(st.none(), st.integers(default - 12, default + 12)))
+    return lp.FloatingPoint(
+        exp=exp, man=man, bias=bias, subnormals=draw(st.booleans()), specials=specials
+    )
+
+
+def _hyp_points(spec: Spec, picks: list[int], fracs: list[float]) -> list[float]:
+    ext = extended_values(spec)
+    pts: list[float] = [0.0, -0.0, math.inf, -math.inf, math.nan]
+    for i, f in zip(picks, fracs, strict=False):
+        j = i % (len(ext) - 1)
+        lo, hi = ext[j], ext[j + 1]
+        mid = float((lo + hi) / 2)
+        pts += [float(lo + (hi - lo) * Fraction(f)), mid, math.nextafter(mid, math.inf)]
+        pts += [math.nextafter(mid, -math.inf), float(hi) * 1.7]
+    return pts
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    fmt=_random_format(),
+    picks=st.lists(st.integers(0, 10**6), min_size=8, max_size=24),
+    fracs=st.lists(st.floats(0, 1), min_size=8, max_size=24),
+)
+def test_random_formats(fmt: Any, picks: list[int], fracs: list[float]) -> None:
+    """Random format parameters: values() and every deterministic mode (both overflow
+    settings) agree with the reference on gap fractions, ties, tie +- 1 ulp and beyond."""
+    spec = spec_of(fmt)
+    assert [Fraction(v) for v in fmt.values().tolist()] == list(values_ref(spec))
+    assert fmt.max == float(max_ref(spec))
+    xs = _hyp_points(spec, picks, fracs)
+    x = torch.tensor(xs, dtype=torch.float64)
+    for ov in _overflows(spec):
+        rows = [round_ref_modes(v, spec, ov) for v in xs]
+        for mode in DETERMINISTIC_MODES:
+            got = _quantize(x, fmt, mode, ov)
+            n, ex = mismatches(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
+            assert n == 0, f"{fmt!r} {mode} overflow={ov}: (x, got, want) {ex}"

@@ -180,16 +180,19 @@ def test_chi_square_over_fractions(rand_bits: int | None) -> None:
     assert chi2 < 255 + 7 * math.sqrt(2 * 255), chi2
 
 
-def _reconstruct_stream(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """The k=8 random integers u of each position: with a fixed generator state,
-    ``up(j) <=> j + u >= 256`` for p = j/256, so ``u = #{j : up(j)}``; also checks that
+STREAM_BITS = 5
+
+
+def _reconstruct_stream(shape: tuple[int, ...], seed: int, k: int = STREAM_BITS) -> torch.Tensor:
+    """The k random bits ``u`` of each position: with a fixed generator state,
+    ``up(j) <=> j + u >= 2**k`` for p = j/2**k, so ``u = #{j : up(j)}``; also checks that
     up(j) is monotone in j (the carry model)."""
     fmt = _fmt("fp8_e4m3")
     u = torch.zeros(shape, dtype=torch.int64)
     prev = torch.zeros(shape, dtype=torch.bool)
-    for j in range(1, 256):
-        x = torch.full(shape, 1.0 + j / 256 / 8)
-        up = lp.quantize(x, fmt, "stochastic", generator=_gen(seed), rand_bits=8) > x
+    for j in range(1, 1 << k):
+        x = torch.full(shape, 1.0 + j / (1 << k) / 8)
+        up = lp.quantize(x, fmt, "stochastic", generator=_gen(seed), rand_bits=k) > x
         assert bool((up | ~prev).all()), f"not monotone in p at j={j}"
         prev = up
         u += up.long()
@@ -197,13 +200,16 @@ def _reconstruct_stream(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 def test_random_stream_uniform_and_uncorrelated() -> None:
-    """The reconstructed 8-bit random stream is uniform on [0, 256) (chi-square, 255 dof)
-    and neighbouring elements (along rows and columns) are uncorrelated (|r| < 5/sqrt(n))."""
+    """The reconstructed k-bit random stream is uniform on [0, 2**k) (chi-square, 2**k - 1
+    dof, bound mean + 7 sd) and neighbouring elements (along rows and columns, and at lag 2)
+    are uncorrelated (|r| < 5/sqrt(n))."""
     u = _reconstruct_stream((256, 256), seed=2024).double()
-    counts = torch.bincount(u.flatten().long(), minlength=256).double()
-    e = u.numel() / 256
+    bins = 1 << STREAM_BITS
+    counts = torch.bincount(u.flatten().long(), minlength=bins).double()
+    assert counts.numel() == bins
+    e = u.numel() / bins
     chi2 = ((counts - e) ** 2 / e).sum().item()
-    assert chi2 < 255 + 7 * math.sqrt(2 * 255), chi2
+    assert chi2 < (bins - 1) + 7 * math.sqrt(2 * (bins - 1)), chi2
 
     def corr(a: torch.Tensor, b: torch.Tensor) -> float:
         a, b = a.flatten() - a.mean(), b.flatten() - b.mean()

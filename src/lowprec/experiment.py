@@ -8,8 +8,9 @@
                      the recipe as a dict and as TOML text, versions and the machine
 ``metrics.jsonl``    one JSON object per finished epoch: ``epoch``, ``loss``,
                      ``train_acc``, ``test_loss``, ``test_acc``, ``lr``, ``seconds``,
-                     ``telemetry`` (per ``"<layer>.<class>"``: underflow, overflow,
-                     nonfinite, sqnr_db, amax pooled over the epoch's recorded passes)
+                     ``telemetry`` (per ``"<layer>.<class>"``, in execution order:
+                     underflow, overflow, nonfinite, sqnr_db, amax pooled over the
+                     epoch's recorded training passes)
 ``checkpoint.pt``    the state after the last finished epoch: model, optimizer, RNG
                      states (torch, data order, stochastic rounding), epoch, metrics
 ``status.json``      written last: ``{"status": "done", ...}`` or
@@ -33,8 +34,8 @@ import json
 import math
 import os
 import platform
+import secrets
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,16 +90,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     On any failure the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -228,30 +228,35 @@ def _check_or_write_config(folder: Path, config: dict[str, Any]) -> None:
 # -- telemetry and divergence ---------------------------------------------------------------
 
 
-def _forward_order(model: nn.Module) -> dict[str, int]:
-    return {name: i for i, (name, _) in enumerate(model.named_modules())}
+#: when each tensor class is rounded in a training step: 0 forward, 1 backward, 2 step
+_PHASE = {"weight": 0, "activation": 0, "error": 1, "weight_grad": 2, "update": 2}
 
 
-def _telemetry_key(order: dict[str, int], key: str) -> tuple[int, int, str]:
-    """Sort key of ``"<layer>.<class>[.<state>]"``: module order, then tensor class."""
-    for cls in TENSOR_CLASSES:
-        layer, sep, rest = key.partition(f".{cls}")
-        if sep and (not rest or rest.startswith(".")) and layer in order:
-            return order[layer], TENSOR_CLASSES.index(cls), rest
-    return len(order), len(TENSOR_CLASSES), key
+def _execution_key(order: dict[str, int], key: str) -> tuple[int, int, int, str]:
+    """Sort key of ``"<layer>.<class>"`` or ``"<layer>.update.<state>"`` in the order a
+    training step rounds them: weights and activations layer by layer, then errors from
+    the last layer back, then weight gradients and updates."""
+    layer, _, cls = key.rpartition(".")
+    state = ""
+    if cls not in _PHASE:
+        state, (layer, _, cls) = cls, layer.rpartition(".")
+    if cls not in _PHASE or layer not in order:
+        return 3, 0, 0, key
+    pos = -order[layer] if cls == "error" else order[layer]
+    return _PHASE[cls], pos, TENSOR_CLASSES.index(cls), state
 
 
 def epoch_telemetry(model: nn.Module) -> dict[str, dict[str, float]]:
-    """The pooled telemetry of the passes recorded since the last reset, in forward order."""
-    order = _forward_order(model)
+    """The pooled telemetry of the passes recorded since the last reset, in execution order."""
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     stats = training.telemetry(model)
     keep = ("underflow", "overflow", "nonfinite", "sqnr_db", "amax")
     return {k: {s: stats[k][s] for s in keep}
-            for k in sorted(stats, key=lambda k: _telemetry_key(order, k))}
+            for k in sorted(stats, key=lambda k: _execution_key(order, k))}
 
 
 def first_bad(telemetry: dict[str, dict[str, float]]) -> str | None:
-    """The first tensor (in the given, forward, order) with non-finite values or a NaN SQNR,
+    """The first tensor (in the given, execution, order) with non-finite values or a NaN SQNR,
     else the first that overflowed; ``None`` when every tensor is clean."""
     for key, s in telemetry.items():
         if s["nonfinite"] > 0 or math.isnan(s["sqnr_db"]):
@@ -264,21 +269,21 @@ def first_bad(telemetry: dict[str, dict[str, float]]) -> str | None:
 
 def _diagnose(spec: RunSpec, dataset: Dataset, state: dict[str, torch.Tensor],
               x: torch.Tensor, y: torch.Tensor) -> str:
-    """Name the first tensor that went bad: replay the diverging batch on a copy of the
-    model with telemetry on every pass; fall back to the first non-finite parameter."""
+    """Name the first tensor that went bad: a non-finite parameter, else replay the diverging
+    batch on a copy of the model with telemetry on every pass (:func:`first_bad`)."""
     model = _build(spec, dataset)
     model.load_state_dict(state)
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"first non-finite parameter: {name}"
     training.prepare(model, spec.recipe, seed=spec.seed, telemetry_every=1)
     F.cross_entropy(model(x), y).backward()
     culprit = first_bad(epoch_telemetry(model))
     if culprit:
         return f"first bad telemetry: {culprit}"
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            return f"no quantized tensor flagged; first non-finite parameter: {name}"
-    big = max(model.named_parameters(), key=lambda np_: float(np_[1].abs().max()))
+    name, p = max(model.named_parameters(), key=lambda np_: float(np_[1].detach().abs().max()))
     return (f"no quantized tensor flagged; parameters are finite (largest |w| "
-            f"{float(big[1].abs().max()):.3g} in {big[0]}): the learning rate is likely too high")
+            f"{float(p.detach().abs().max()):.3g} in {name}): the learning rate is likely too high")
 
 
 class _Diverged(Exception):

@@ -237,15 +237,17 @@ def layer_rates(summary: Summary, cls: str = "error") -> dict[str, dict[str, flo
     """Per layer, the underflow and overflow fractions of tensor class ``cls`` in the last
     recorded epoch, averaged over seeds (layers in forward order)."""
     acc: dict[str, dict[str, list[float]]] = {}
+    seen: dict[str, int] = {}  # keys are in execution order: forward keys come first
     for run in summary.runs:
-        if not run.metrics:
-            continue
-        for key, stats in run.metrics[-1].get("telemetry", {}).items():
+        telemetry = run.metrics[-1].get("telemetry", {}) if run.metrics else {}
+        for i, (key, stats) in enumerate(telemetry.items()):
             layer, _, klass = key.rpartition(".")
+            seen.setdefault(layer, i)
             if klass == cls:
                 for stat in ("underflow", "overflow"):
                     acc.setdefault(layer, {}).setdefault(stat, []).append(stats[stat])
-    return {layer: {k: statistics.fmean(v) for k, v in d.items()} for layer, d in acc.items()}
+    return {layer: {k: statistics.fmean(v) for k, v in acc[layer].items()}
+            for layer in sorted(acc, key=seen.__getitem__)}
 
 
 def _telemetry_text(s: dict[str, Summary]) -> list[str]:

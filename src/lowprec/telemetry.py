@@ -31,10 +31,10 @@ def _ratio(num: float, den: float) -> float:
 
 
 def _sqnr_db(signal: float, noise: float) -> float:
-    if signal == 0 or math.isnan(noise):
+    if signal == 0 or math.isnan(noise) or math.isinf(signal) and math.isinf(noise):
         return math.nan
-    if noise == 0:
-        return math.inf
+    if noise == 0 or math.isinf(noise):
+        return math.inf if noise == 0 else -math.inf
     return 10 * math.log10(signal / noise)
 
 

@@ -1,0 +1,81 @@
+"""The compiled kernel computes the same bits as the eager one.
+
+The other numerics tests run on the eager kernel (see conftest.py) against
+independent references; this file ties the compiled kernel (``torch.compile``,
+the default backend) to it, bit for bit, on inputs that cover every binade,
+subnormals, ties, the overflow boundary, signed zeros, inf and NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lowprec as lp
+
+CASES = [("fp16", mode, None) for mode in lp.rounding.MODES] + [
+    ("fxp12", "nearest", None),
+    ("fxp12", "stochastic", None),
+    ("pot7", "nearest", None),
+    ("pot7", "odd", None),
+    ("fp8_e4m3", "nearest", "inf"),
+    ("fp8_e4m3", "toward_zero", "saturate"),
+]
+
+
+def _inputs(dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    n = 1 << 16
+    x = torch.randn(n, generator=g, dtype=torch.float64) * torch.exp2(
+        torch.randint(-40, 40, (n,), generator=g).to(torch.float64)
+    )
+    specials = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            float("inf"),
+            -float("inf"),
+            float("nan"),
+            65504,
+            65520,
+            -65520,
+            2.0**-24,
+            2.0**-25,
+            3 * 2.0**-26,
+            448,
+            464,
+            465,
+            1e-45,
+            3e38,
+        ]
+    )
+    return torch.cat([specials.to(torch.float64), x]).to(dtype)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    equal = (a == b) & (torch.signbit(a) == torch.signbit(b))
+    return bool((equal | both_nan).all())
+
+
+@pytest.mark.parametrize(("name", "mode", "overflow"), CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_equals_eager(monkeypatch, name, mode, overflow, dtype):
+    x = _inputs(dtype)
+    results = []
+    for backend in ("eager", "compiled"):
+        monkeypatch.setenv("LOWPREC_BACKEND", backend)
+        g = torch.Generator().manual_seed(1)
+        results.append(lp.quantize(x, name, mode, generator=g, overflow=overflow))
+    assert _same_bits(*results), f"{name} {mode} {dtype}: compiled and eager kernels differ"
+
+
+def test_compiled_float64_and_in_place(monkeypatch):
+    """float64 in place, against numpy's float64 -> float16 cast (torch's rounds twice)."""
+    monkeypatch.setenv("LOWPREC_BACKEND", "compiled")
+    x = _inputs(torch.float64)
+    expected = torch.from_numpy(x.numpy().astype(np.float16).astype(np.float64))
+    y = x.clone()
+    lp.quantize(y, "fp16", out=y)
+    assert _same_bits(y, expected)
