@@ -8,14 +8,19 @@ attached, in the same process. Two measurements, both *measured* (nothing modell
   every tensor it is handed (packed data, or the storage of a tensor kept as is, each
   counted once; parameters, which the model holds anyway, not counted). Exact and
   deterministic: it is what the graph keeps, whatever the allocator does.
-* ``peak``: on CUDA, ``torch.cuda.max_memory_allocated()`` during the step minus the
-  allocation before it; on CPU the peak resident set size (``VmHWM``, reset through
-  ``/proc/self/clear_refs``) minus the RSS before the step, with glibc's mmap
-  threshold pinned at 64 KiB so large tensors are returned to the OS when freed. RSS
-  includes allocator slack and temporaries of the step (e.g. the decode of a packed
-  tensor), so it is the noisier, end-to-end figure.
+* ``kept``: the memory held at the end of the forward pass (when the saved tensors are
+  all alive) minus that before it: ``torch.cuda.memory_allocated()`` on CUDA; on CPU the
+  resident set size (``VmRSS``), with glibc's mmap threshold pinned at 64 KiB so freed
+  tensors are returned to the OS. End to end (allocator, logits, anything the step
+  keeps), so the independent check of ``saved``.
+* ``peak``: the step's high-water mark over the start: ``torch.cuda.max_memory_allocated()``
+  on CUDA, peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``) on CPU. It also
+  counts temporaries (the rounding kernel's, a packed tensor's decode), which on a CPU
+  with the eager rounding kernel are larger than the saved tensors.
 
 Ratios: packed / unpacked for the same recipe, and packed / the fp32 recipe's step.
+Also the wall time of each measured step: packing adds an encode and an exactness check
+per saved tensor in the forward and a decode in the backward.
 
     python benchmarks/memory.py [--model cifar10_quick] [--batch 100] [--recipes fp32,pot7]
 """
@@ -26,7 +31,9 @@ import argparse
 import ctypes
 import gc
 import re
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,27 +56,35 @@ def _pin_mmap_threshold() -> None:
         print("note: not glibc; CPU peak RSS includes memory the allocator keeps")
 
 
-def _step(model, opt, x, y, device: str) -> int:
-    """One training step; returns its peak memory delta in bytes (see the module doc)."""
+def _now(device: str) -> int:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+    return _rss_kib("VmRSS") * 1024
+
+
+def _step(model, opt, x, y, device: str) -> tuple[int, int, float]:
+    """One training step: memory retained after the forward and peak (bytes over the
+    start), and the step's wall time in seconds."""
+    opt.zero_grad()
     gc.collect()
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
     else:
         Path("/proc/self/clear_refs").write_text("5")
-        before = _rss_kib("VmRSS") * 1024
-    opt.zero_grad()
-    F.cross_entropy(model(x), y).backward()
+    before = _now(device)
+    start = time.perf_counter()
+    loss = F.cross_entropy(model(x), y)
+    retained = _now(device) - before
+    loss.backward()
     opt.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    return _rss_kib("VmHWM") * 1024 - before
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else _rss_kib("VmHWM") * 1024)
+    return retained, peak - before, time.perf_counter() - start
 
 
-def measure(name: str, args: argparse.Namespace) -> dict[str, tuple[int, int, int]]:
-    """{"off"|"on": (saved bytes, peak bytes, tensors packed)} for recipe ``name``."""
+def measure(name: str, args: argparse.Namespace) -> dict[str, tuple[Any, ...]]:
+    """{"off"|"on": (saved, kept, peak bytes, seconds, tensors packed)} for ``name``."""
     recipe = recipes.get(name)
     torch.manual_seed(0)
     model = build_model(args.model, 10, 3, 32).to(args.device)
@@ -84,8 +99,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, tuple[int, int, in
         hook = packing.PackHook(formats)
         handles = hook.attach(model)
         _step(model, opt, x, y, args.device)  # warm-up: optimizer state, allocator
-        peak = _step(model, opt, x, y, args.device)
-        out[mode] = (hook.held_bytes, peak, hook.packed)
+        out[mode] = (hook.held_bytes, *_step(model, opt, x, y, args.device), hook.packed)
         for h in handles:
             h.remove()
     return out
@@ -101,23 +115,26 @@ def main() -> None:
     args = ap.parse_args()
     if args.device == "cpu":
         _pin_mmap_threshold()
-    peak_how = "cuda max_memory_allocated" if args.device == "cuda" else "peak RSS (VmHWM)"
+    how = "cuda memory_allocated" if args.device == "cuda" else "RSS"
     print(f"{args.model}, batch {args.batch}, device {args.device}, "
-          f"threads {torch.get_num_threads()}; measured: saved = bytes autograd holds "
-          f"(pack hook), peak = {peak_how} delta over the step")
-    names = args.recipes.split(",")
-    results = {n: measure(n, args) for n in names}
-    base = results["fp32"]["off"] if "fp32" in results else None
-    mib = 2.0**20
-    print("| recipe | packed tensors | saved MiB off | saved MiB on | saved on/off | saved on/fp32 "
-          "| peak MiB off | peak MiB on | peak on/off | peak on/fp32 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"threads {torch.get_num_threads()}; all measured: saved = bytes autograd holds "
+          f"(pack hook), kept = {how} retained by the forward, peak = {how} high-water "
+          "mark of the step; MiB, and ratios packed/unpacked and packed/fp32 recipe")
+    results = {n: measure(n, args) for n in args.recipes.split(",")}
+    base = results.get("fp32", {}).get("off")
+    print("| recipe | packed tensors | saved off | saved on | on/off | on/fp32 | kept off | "
+          "kept on | on/off | on/fp32 | peak off | peak on | on/off | step s off | step s on |")
+    print("|" + "---|" * 15)
     for n, r in results.items():
-        (s_off, p_off, _), (s_on, p_on, k) = r["off"], r["on"]
-        vs = (f"{s_on / base[0]:.3f} | " if base else "- | ")
-        vp = (f"{p_on / base[1]:.3f}" if base and base[1] > 0 else "-")
-        print(f"| {n} | {k} | {s_off / mib:.2f} | {s_on / mib:.2f} | {s_on / s_off:.3f} | {vs}"
-              f"{p_off / mib:.2f} | {p_on / mib:.2f} | {p_on / max(p_off, 1):.3f} | {vp} |")
+        off, on = r["off"], r["on"]
+        cells = [str(on[4])]
+        for i in range(3):
+            cells += [f"{off[i] / 2**20:.2f}", f"{on[i] / 2**20:.2f}",
+                      f"{on[i] / max(off[i], 1):.3f}"]
+            if i < 2:
+                cells.append(f"{on[i] / max(base[i], 1):.3f}" if base else "-")
+        cells += [f"{off[3]:.2f}", f"{on[3]:.2f}"]
+        print(f"| {n} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

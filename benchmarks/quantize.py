@@ -6,7 +6,12 @@ and ``x.to(torch.bfloat16).float()`` measured in the same run, as ratios
 tensor, and the baselines write into preallocated outputs too (``copy_``), so
 page faults on fresh allocations do not dominate the figures.
 
+Then scaled quantization of the same data as a ``[2**n / 1024, 1024]`` matrix (per
+tensor, per row ``channel axis=0``, blocks of 32 along rows), as time ratios to the
+unscaled quantize of the same format and mode (``x unscaled``, higher is better).
+
     python benchmarks/quantize.py [--n 24] [--presets fp16,pot7] [--repeat 5]
+        [--scaled fp8_e4m3,fxp12] [--scaled-modes nearest,stochastic]
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ def main() -> None:
     ap.add_argument("--presets", default=",".join(lp.formats.names()))
     ap.add_argument("--modes", default=",".join(lp.rounding.MODES))
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--scaled", default="fp8_e4m3,fxp12", help="formats for scaled cases")
+    ap.add_argument("--scaled-modes", default="nearest,stochastic")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
@@ -67,6 +74,18 @@ def main() -> None:
         for mode in args.modes.split(","):
             t = timed(lambda fmt=fmt, mode=mode: lp.quantize(x, fmt, mode, generator=g, out=out))
             print(f"{name:10s} {mode:13s} {n / t / 1e9:8.3f} {t_clone / t:8.2f}")
+
+    x2, out2 = x.view(-1, min(n, 1024)), out.view(-1, min(n, 1024))
+    cases = [("tensor", lp.Scaling()), ("channel", lp.Scaling("channel", axis=0)),
+             ("block32", lp.Scaling("block", block=32))]
+    print(f"{'scaled':10s} {'mode':13s} {'scaling':8s} {'Gelem/s':>8s} {'x unscaled':>10s}")
+    for name in args.scaled.split(","):
+        for mode in args.scaled_modes.split(","):
+            t0 = timed(lambda f=name, m=mode: lp.quantize(x2, f, m, generator=g, out=out2))
+            for label, s in cases:
+                t = timed(lambda f=name, m=mode, s=s: lp.quantize(x2, f, m, generator=g,
+                                                                    scaling=s, out=out2))
+                print(f"{name:10s} {mode:13s} {label:8s} {n / t / 1e9:8.3f} {t0 / t:10.2f}")
 
 
 if __name__ == "__main__":

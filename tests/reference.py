@@ -721,3 +721,21 @@ def mismatches(
         if not same_float(g, w, signed_zero)
     ]
     return len(bad), bad[:limit]
+
+
+def mismatches_np(
+    xs: Any, got: Any, want: Any, signed_zero: bool = True, limit: int = 8
+) -> tuple[int, list[tuple[float, float, float]]]:
+    """Vectorised :func:`mismatches` for float64 numpy arrays (or anything ``np.asarray``
+    accepts): bit-pattern equality, NaN == NaN, ``-0.0 == 0.0`` unless ``signed_zero``."""
+    import numpy as np
+
+    g = np.asarray(got, dtype=np.float64)
+    w = np.asarray(want, dtype=np.float64)
+    if not signed_zero:
+        g, w = g + 0.0, w + 0.0  # -0.0 + 0.0 == +0.0
+    same = (g.view(np.int64) == w.view(np.int64)) | (np.isnan(g) & np.isnan(w))
+    bad = np.flatnonzero(~same)
+    x = np.asarray(xs, dtype=np.float64)
+    ex = [(float(x[i]), float(g[i]), float(w[i])) for i in bad[:limit]]
+    return int(bad.size), ex

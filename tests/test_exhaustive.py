@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from reference import (
     ALL_MODES,
@@ -37,21 +37,30 @@ from reference import (
     FloatSpec,
     Spec,
     decode_ref,
+    default_overflow,
     extended_values,
     has_overflow_code,
     max_ref,
     min_normal_ref,
     min_subnormal_ref,
-    mismatches,
+    mismatches_np,
     neighbours_analytic,
     round_ref_modes,
-    same_float,
     spec_of,
     sr_outcomes,
     values_ref,
 )
 
 import lowprec as lp
+
+
+def _optional(make: Any) -> Any:
+    """The format, or None if the core rejects its parameters with ValueError."""
+    try:
+        return make()
+    except ValueError:
+        return None
+
 
 FORMATS: dict[str, Any] = {
     "fp8_e4m3": lp.formats.get("fp8_e4m3"),
@@ -68,11 +77,15 @@ FORMATS: dict[str, Any] = {
     "e4m3_ieee": lp.FloatingPoint(exp=4, man=3, specials="ieee"),
     "e5m2_bias10": lp.FloatingPoint(exp=5, man=2, bias=10),
     "e3m0_none": lp.FloatingPoint(exp=3, man=0, specials="none"),
-    "e3m0_fn": lp.FloatingPoint(exp=3, man=0, specials="fn"),  # max is 2**3, not 0
+    # E3M0 "fn": the spec's max formula 2**emax (2 - 2**(1-man)) degenerates to 0 at man=0;
+    # the real max is the largest non-NaN code, 2**(emax-1) = 8.  Rejecting man=0 with
+    # specials="fn" would also be acceptable: then this entry is skipped.
+    "e3m0_fn": _optional(lambda: lp.FloatingPoint(exp=3, man=0, specials="fn")),
     "fx6_3": lp.FixedPoint(wl=6, fl=3),
     "fx4_0": lp.FixedPoint(wl=4, fl=0),
     "pot3_emax2": lp.PowerOfTwo(exp_bits=3, emax=2),
 }
+FORMATS = {k: v for k, v in FORMATS.items() if v is not None}
 NAMES = list(FORMATS)
 
 
@@ -117,19 +130,35 @@ def _points(name: str) -> tuple[float, ...]:
     return tuple(out.values())
 
 
+def _expected(name: str, overflow: str | None) -> dict[str, np.ndarray]:
+    """Reference results per deterministic mode (float64 arrays aligned with _points)."""
+    return _expected_resolved(name, overflow or default_overflow(spec_of(FORMATS[name])))
+
+
 @cache
-def _expected(name: str, overflow: str | None) -> dict[str, tuple[float, ...]]:
+def _expected_resolved(name: str, overflow: str) -> dict[str, np.ndarray]:
     spec = spec_of(FORMATS[name])
     rows = [round_ref_modes(x, spec, overflow) for x in _points(name)]
-    return {m: tuple(r[m] for r in rows) for m in DETERMINISTIC_MODES}
+    return {m: np.array([r[m] for r in rows]) for m in DETERMINISTIC_MODES}
 
 
-def _quantize(
-    xs: torch.Tensor, fmt: Any, mode: str, overflow: str | None, **kw: Any
-) -> list[float]:
+def _sr_expected(name: str, overflow: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The two admissible stochastic results (smaller / larger magnitude) per point."""
+    return _sr_expected_resolved(name, overflow or default_overflow(spec_of(FORMATS[name])))
+
+
+@cache
+def _sr_expected_resolved(name: str, overflow: str) -> tuple[np.ndarray, np.ndarray]:
+    spec = spec_of(FORMATS[name])
+    pairs = [sr_outcomes(x, spec, overflow) for x in _points(name)]
+    return np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+
+
+def _quantize(xs: torch.Tensor, fmt: Any, mode: str, overflow: str | None, **kw: Any) -> np.ndarray:
+    """quantize, checking dtype/shape, returned as a float64 numpy array."""
     y = lp.quantize(xs, fmt, mode, overflow=overflow, **kw)
     assert y.dtype == xs.dtype and y.shape == xs.shape
-    return y.to(torch.float64).tolist()
+    return y.to(torch.float64).numpy()
 
 
 # --------------------------------------------------------------------------------------
@@ -180,7 +209,7 @@ def test_decode_all_codes(name: str) -> None:
         got = fmt.decode(codes, dtype=dtype)
         assert got.dtype == dtype and got.shape == codes.shape
         g = got.to(torch.float64).tolist()
-        n, ex = mismatches(
+        n, ex = mismatches_np(
             [float(i) for i in keep],
             [g[i] for i in keep],
             [want[i] for i in keep],  # type: ignore[misc]
@@ -225,7 +254,7 @@ def test_representable_values_are_fixed_points(name: str, overflow: str | None) 
         for mode in ALL_MODES:
             gen = torch.Generator().manual_seed(1) if mode == "stochastic" else None
             got = _quantize(x, fmt, mode, overflow, generator=gen)
-            n, ex = mismatches(vals, got, vals, signed_zero=sz)
+            n, ex = mismatches_np(vals, got, vals, signed_zero=sz)
             assert n == 0, f"{name} {mode} {dtype}: {n} values moved: {ex}"
 
 
@@ -239,12 +268,12 @@ def test_every_gap_float64(name: str, overflow: str | None) -> None:
     """quantize == round_ref for all deterministic modes on every probe point (float64)."""
     fmt = FORMATS[name]
     spec = spec_of(fmt)
-    xs = list(_points(name))
-    x = torch.tensor(xs, dtype=torch.float64)
+    xs = np.array(_points(name))
+    x = torch.from_numpy(xs)
     exp = _expected(name, overflow)
     for mode in DETERMINISTIC_MODES:
         got = _quantize(x, fmt, mode, overflow)
-        n, ex = mismatches(xs, got, exp[mode], signed_zero=_signed_zero(spec))
+        n, ex = mismatches_np(xs, got, exp[mode], signed_zero=_signed_zero(spec))
         assert n == 0, f"{name} {mode} overflow={overflow}: {n} wrong (x, got, want): {ex}"
 
 
@@ -253,16 +282,15 @@ def test_every_gap_float32(name: str, overflow: str | None) -> None:
     """Same as the float64 sweep, on the points that are exactly float32 values."""
     fmt = FORMATS[name]
     spec = spec_of(fmt)
-    allx = _points(name)
+    allx = np.array(_points(name))
     with np.errstate(over="ignore"):
-        keep = [i for i, v in enumerate(allx) if math.isnan(v) or float(np.float32(v)) == v]
-    xs = [allx[i] for i in keep]
-    x = torch.tensor(xs, dtype=torch.float32)
+        keep = np.isnan(allx) | (allx.astype(np.float32).astype(np.float64) == allx)
+    xs = allx[keep]
+    x = torch.from_numpy(xs.astype(np.float32))
     exp = _expected(name, overflow)
     for mode in DETERMINISTIC_MODES:
         got = _quantize(x, fmt, mode, overflow)
-        want = [exp[mode][i] for i in keep]
-        n, ex = mismatches(xs, got, want, signed_zero=_signed_zero(spec))
+        n, ex = mismatches_np(xs, got, exp[mode][keep], signed_zero=_signed_zero(spec))
         assert n == 0, f"{name} {mode} overflow={overflow} f32: {n} wrong (x, got, want): {ex}"
 
 
@@ -272,16 +300,27 @@ def test_every_gap_stochastic_admissible(name: str, overflow: str | None) -> Non
     (the representable / overflowed ones being deterministic)."""
     fmt = FORMATS[name]
     spec = spec_of(fmt)
-    xs = list(_points(name))
-    x = torch.tensor(xs, dtype=torch.float64)
-    got = _quantize(x, fmt, "stochastic", overflow, generator=torch.Generator().manual_seed(7))
+    xs = np.array(_points(name))
+    got = _quantize(
+        torch.from_numpy(xs),
+        fmt,
+        "stochastic",
+        overflow,
+        generator=torch.Generator().manual_seed(7),
+    )
+    small, large = _sr_expected(name, overflow)
     sz = _signed_zero(spec)
-    bad = []
-    for xi, g in zip(xs, got, strict=True):
-        a, b = sr_outcomes(xi, spec, overflow)
-        if not (same_float(g, a, sz) or same_float(g, b, sz)):
-            bad.append((xi, g, (a, b)))
-    assert not bad, f"{name}: {len(bad)} inadmissible (x, got, (small, large)): {bad[:8]}"
+    n_small, _ = mismatches_np(xs, got, small, signed_zero=sz, limit=0)
+    bad = np.ones(xs.size, dtype=bool)
+    for ref in (small, large):
+        g, w = (got, ref) if sz else (got + 0.0, ref + 0.0)
+        bad &= ~((g.view(np.int64) == w.view(np.int64)) | (np.isnan(g) & np.isnan(w)))
+    ex = [
+        (float(xs[i]), float(got[i]), (float(small[i]), float(large[i])))
+        for i in np.flatnonzero(bad)[:8]
+    ]
+    assert not bad.any(), f"{name}: {int(bad.sum())} inadmissible (x, got, (small, large)): {ex}"
+    assert 0 < n_small < xs.size  # both outcomes occur
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -296,7 +335,7 @@ def test_explicit_default_overflow(name: str) -> None:
     for mode in ("nearest", "up", "down", "toward_zero"):
         a = _quantize(x, fmt, mode, None)
         b = _quantize(x, fmt, mode, default)
-        n, ex = mismatches(xs, a, b)
+        n, ex = mismatches_np(xs, a, b)
         assert n == 0, (name, mode, ex)
 
 
@@ -342,7 +381,7 @@ def test_wide_formats_sampled(name: str) -> None:
         rows = [round_ref_modes(v, spec, ov) for v in xs]
         for mode in DETERMINISTIC_MODES:
             got = _quantize(x, fmt, mode, ov)
-            n, ex = mismatches(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
+            n, ex = mismatches_np(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
             assert n == 0, f"{name} {mode} overflow={ov}: {n} wrong (x, got, want): {ex}"
 
 
@@ -353,20 +392,24 @@ def test_wide_formats_sampled(name: str) -> None:
 
 @st.composite
 def _random_format(draw: st.DrawFn) -> Any:
-    """A random small FloatingPoint / FixedPoint / PowerOfTwo within float64's reach."""
+    """A random FloatingPoint / FixedPoint / PowerOfTwo of at most 13 bits."""
     kind = draw(st.sampled_from(["float", "float", "fixed", "pot"]))
     if kind == "fixed":
-        return lp.FixedPoint(wl=draw(st.integers(1, 20)), fl=draw(st.integers(-6, 24)))
+        return lp.FixedPoint(wl=draw(st.integers(1, 13)), fl=draw(st.integers(-6, 24)))
     if kind == "pot":
         return lp.PowerOfTwo(exp_bits=draw(st.integers(1, 6)), emax=draw(st.integers(-20, 20)))
     specials = draw(st.sampled_from(["ieee", "fn", "none"]))
     exp = draw(st.integers(2 if specials == "ieee" else 1, 6))
-    man = draw(st.integers(0, 8))
+    man = draw(st.integers(0, 11 - exp))  # at most 12-bit codes: cheap to enumerate
     default = (1 << (exp - 1)) - 1
     bias = draw(st.one_of(st.none(), st.integers(default - 12, default + 12)))
-    return lp.FloatingPoint(
-        exp=exp, man=man, bias=bias, subnormals=draw(st.booleans()), specials=specials
-    )
+    sub = draw(st.booleans())
+    try:
+        return lp.FloatingPoint(exp=exp, man=man, bias=bias, subnormals=sub, specials=specials)
+    except ValueError:
+        if man == 0 and specials == "fn":  # rejecting this degenerate combination is fine
+            reject()
+        raise
 
 
 def _hyp_points(spec: Spec, picks: list[int], fracs: list[float]) -> list[float]:
@@ -382,7 +425,9 @@ def _hyp_points(spec: Spec, picks: list[int], fracs: list[float]) -> list[float]
 
 
 @settings(
-    max_examples=120,
+    max_examples=60,
+    derandomize=True,
+    database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -403,5 +448,5 @@ def test_random_formats(fmt: Any, picks: list[int], fracs: list[float]) -> None:
         rows = [round_ref_modes(v, spec, ov) for v in xs]
         for mode in DETERMINISTIC_MODES:
             got = _quantize(x, fmt, mode, ov)
-            n, ex = mismatches(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
+            n, ex = mismatches_np(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
             assert n == 0, f"{fmt!r} {mode} overflow={ov}: (x, got, want) {ex}"

@@ -26,8 +26,8 @@ from lowprec.experiment import (
 from lowprec.recipe import Recipe
 
 
-def tiny_digits(n_train: int = 256, n_test: int = 128) -> Dataset:
-    """The first images of digits: two batches of 128 per epoch keep the tests fast."""
+def tiny_digits(n_train: int = 64, n_test: int = 64) -> Dataset:
+    """The first images of digits: two batches of 32 per epoch keep the tests fast."""
     full = load_data("digits", "small_cnn")
     return Dataset("digits", full.train_images[:n_train], full.train_y[:n_train],
                    full.test_images[:n_test], full.test_y[:n_test], num_classes=10,
@@ -41,9 +41,9 @@ def digits() -> Dataset:
 
 
 def spec(recipe: str | Recipe = "fxp12_sr_ls", **kw: object) -> RunSpec:
-    """A tiny run: small_cnn, 2 epochs of 2 steps of 128 images."""
+    """A tiny run: small_cnn, 2 epochs of 2 steps of 32 images."""
     r = recipes.get(recipe) if isinstance(recipe, str) else recipe
-    args = {"epochs": 2, "batch_size": 128, "telemetry_every": 1, **kw}
+    args = {"epochs": 2, "batch_size": 32, "telemetry_every": 1, **kw}
     return RunSpec("digits", "small_cnn", r, **args)  # type: ignore[arg-type]
 
 

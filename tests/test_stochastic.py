@@ -96,7 +96,7 @@ def test_unbiased(name: str, x: float) -> None:
     sample mean is within 5 standard errors of x."""
     fmt = _fmt(name)
     spec = spec_of(fmt)
-    n = 1 << 18
+    n = 1 << 17
     y = _sr(x, fmt, n, seed=17)
     assert y.dtype == torch.float64
     p = float(sr_up_probability(x, spec))
@@ -118,7 +118,7 @@ def test_up_probability(f: float) -> None:
     x = 1.0 + f / 8
     p = sr_up_probability(x, spec_of(fmt))
     assert abs(float(p) - f) < 1e-12
-    n = 1 << 20
+    n = int(min(max(2**12 / min(f, 1 - f), 2**16), 2**20))  # >= 4096 expected minority hits
     count = _count_large(_sr(x, fmt, n, seed=101), x, fmt)
     assert _binomial_ok(count, n, float(p)), (f, count, n * float(p))
 
@@ -159,8 +159,8 @@ def test_rand_bits(k: int, p: float, want: float) -> None:
     fmt = _fmt("fp8_e4m3")
     x = 1.0 + p / 8
     assert float(sr_up_probability(x, spec_of(fmt), rand_bits=k)) == want
-    n = 1 << 18
-    for seed in (0, 1):
+    n = 1 << 17
+    for seed in (0, 1) if want == 0 else (0,):
         y = _sr(x, fmt, n, seed=seed, rand_bits=k)
         count = _count_large(y, x, fmt)
         assert _binomial_ok(count, n, want), (k, p, count / n, want)
@@ -226,7 +226,7 @@ def test_pairwise_independence_of_decisions() -> None:
     """With p = 1/2 the decisions of neighbouring elements are independent:
     P(both up) = 1/4 within 5 sigma."""
     fmt = _fmt("fp8_e4m3")
-    n = 1 << 20
+    n = 1 << 18
     x = torch.full((n,), 1.0625)
     up = lp.quantize(x, fmt, "stochastic", generator=_gen(9)) > x
     both = int((up[:-1] & up[1:]).sum())

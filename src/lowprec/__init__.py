@@ -5,11 +5,13 @@ how a value picks its neighbour (:mod:`lowprec.rounding`), and
 :func:`quantize` applies both to a tensor.
 """
 
-from . import formats, rounding
+from . import formats, recipes, rounding
 from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
 from .quantize import quantize
+from .recipe import QuantSpec, Recipe, RecipeError
 from .scaling import ScaledFormat, ScaleState, Scaling
 from .telemetry import QuantInfo, TelemetryLog
+from .training import prepare, register_layer, telemetry, unprepare, wrap_optimizer
 
 __version__ = "0.1.0"
 
@@ -19,11 +21,20 @@ __all__ = [
     "Format",
     "PowerOfTwo",
     "QuantInfo",
+    "QuantSpec",
+    "Recipe",
+    "RecipeError",
     "ScaleState",
     "ScaledFormat",
     "Scaling",
     "TelemetryLog",
     "formats",
+    "prepare",
     "quantize",
+    "recipes",
+    "register_layer",
     "rounding",
+    "telemetry",
+    "unprepare",
+    "wrap_optimizer",
 ]

@@ -7,12 +7,14 @@
     lowprec reproduce --dataset cifar10 --out runs/study --seeds 0,1,2   # study recipes + report
     lowprec reproduce --quick            # digits + small_cnn: minutes on a CPU, no download
     lowprec report runs/study            # rebuild report.md from the saved runs
+    lowprec cost --model cifar10_quick --recipe pot7   # modelled energy/memory (lowprec.cost)
     lowprec formats                      # format presets: bits and ranges
     lowprec recipes                      # recipe presets: one line each
 
 Runs are resumable (rerun the same command) and skipped once finished, see
-:mod:`lowprec.experiment`. Data errors, bad recipe files and unusable run folders end
-with one line on stderr and exit status 2; a diverged ``train`` run exits with 1.
+:mod:`lowprec.experiment`. Data errors, bad recipe files, unknown names and unusable
+run folders end with a ``lowprec: error:`` line on stderr and exit status 2 (no
+traceback); a diverged ``train`` run exits with 1, an interrupted one with 130.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import formats, recipes
+from . import cost, formats, recipes
 from .data import DATASETS, DataError
 from .experiment import RunError, RunResult, RunSpec, load_data, train_run
 from .models import MODELS
@@ -37,7 +39,7 @@ from .scaling import ScaledFormat
 __all__ = ["QUICK", "build_parser", "main"]
 
 #: what ``reproduce --quick`` changes: embedded data, a small network, a few epochs
-QUICK = {"dataset": "digits", "model": "small_cnn", "epochs": 12}
+QUICK = {"dataset": "digits", "model": "small_cnn", "epochs": 8}
 
 
 def _seeds(text: str) -> list[int]:
@@ -45,6 +47,23 @@ def _seeds(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError("expected comma-separated integers") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available on this machine")
+    return text
 
 
 def _names(text: str) -> list[str]:
@@ -57,18 +76,20 @@ def _run_options() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=list(DATASETS), help="data set (default: cifar10)")
     p.add_argument("--model", choices=list(MODELS),
                    help="network (default: small_cnn for digits, else cifar10_quick)")
-    p.add_argument("--epochs", type=int, help="epochs (default: the solver's reference length)")
+    p.add_argument("--epochs", type=_positive,
+                   help="epochs (default: the solver's reference length)")
     p.add_argument("--data-dir", help="where the data set's files are (or go)")
-    p.add_argument("--batch-size", type=int, help="override the solver's batch size")
+    p.add_argument("--batch-size", type=_positive, help="override the solver's batch size")
     p.add_argument("--lr", type=float, help="override the solver's base learning rate")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", type=_device,
+                   default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--telemetry-every", type=int, default=10, metavar="N",
                    help="record numerics telemetry every N-th training step (0: never)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--out", help="output folder (one sub-folder per run)")
     # for tests and schedulers: stop each run after N new epochs (rerun to resume)
-    p.add_argument("--max-epochs-this-call", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--max-epochs-this-call", type=_positive, help=argparse.SUPPRESS)
     return p
 
 
@@ -99,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", type=Path)
     report.set_defaults(func=_report)
 
+    cost.add_cost_subcommand(sub)
     sub.add_parser("formats", help="list format presets").set_defaults(func=_formats)
     sub.add_parser("recipes", help="list recipe presets").set_defaults(func=_recipes)
     return parser
@@ -127,7 +149,7 @@ def _say(result: RunResult) -> None:
         print(f"lowprec: {name} diverged: {result.reason}", file=sys.stderr)
         return
     done = "already finished" if result.skipped else result.status
-    acc = f", final test accuracy {result.metrics[-1]['test_acc']:.2%}" if result.metrics else ""
+    acc = f", test accuracy {result.metrics[-1]['test_acc']:.2%}" if result.metrics else ""
     tqdm.write(f"{name}: {done}{acc} ({result.reason or result.folder})")
 
 
@@ -190,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, RecipeError, RunError, OSError) as exc:
+    except (DataError, RunError, OSError, ValueError) as exc:  # bad input: no traceback
         print(f"lowprec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,7 +13,8 @@ first: its input is the data) has no grad-input products. Bias additions, poolin
 activation functions are not counted.
 
 **Operand formats** (the layer's specs, :meth:`lowprec.Recipe.for_layer`; ``None`` =
-fp32): ``W`` weight, ``ĝ`` error, the output ``y`` activation. The input ``x`` is in
+fp32; a scaled format counts its element format, shared scales are not counted):
+``W`` weight, ``ĝ`` error, the output ``y`` activation. The input ``x`` is in
 the activation format of the previous prepared layer if it holds that layer's outputs
 unchanged (through ReLU, max-pool, flatten), else fp32 (the data, an average pool,
 LRN, a residual sum). A probe finds out: the forward pass rounds every prepared
@@ -51,11 +52,12 @@ result written once (perfect on-chip reuse: a lower bound), in its class's bits:
     grad-input   read ĝ [error], read W [weight], write dx [error]   (if x needs it)
     grad-weight  read ĝ [error], read x [activation], write G [weight_grad]
     step (SGD with momentum): read G [weight_grad], read + write v [update],
-                 read + write W [weight]
+                 read + write W [weight]; with ``master_weights``: read + write the
+                 fp32 master [weight, 32 bits] and write W
 
-**Stored** during a step: ``W``, ``v``, ``G`` of every layer, every layer's ``x``
-(saved for grad-weight) and the largest ``ĝ``. Ratios are to the fp32 recipe (every
-class ``None``) on the same model, batch and memory level.
+**Stored** during a step: ``W`` (and the fp32 master), ``v``, ``G`` of every layer,
+every layer's ``x`` (saved for grad-weight) and the largest ``ĝ``. Ratios are to the
+fp32 recipe (every class ``None``) on the same model, batch and memory level.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ class LayerCost:
     y_elems: int
     params: int
     fmt: Mapping[str, Format | None]  # TENSOR_CLASSES and "input"
+    master: bool = False  # an fp32 master copy of the weights (master_weights recipes)
 
     def operands(self) -> dict[str, tuple[Format | None, Format | None]]:
         """The two operand formats of each product type."""
@@ -173,9 +176,10 @@ class LayerCost:
         """Bits read and written per tensor class (module doc)."""
         f, gi, p = self.fmt, int(self.grad_input), self.params
         x = self.x_elems * _bits(f["input"])
+        w = p * _bits(f["weight"])
         return {
             "activation": 2 * x + self.y_elems * _bits(f["activation"]),
-            "weight": (3 + gi) * p * _bits(f["weight"]),
+            "weight": (2 + gi) * w + (2 * p * 32 + w if self.master else w),
             "error": ((1 + gi) * self.y_elems + gi * self.x_elems) * _bits(f["error"]),
             "weight_grad": 2 * p * _bits(f["weight_grad"]),
             "update": 2 * p * _bits(f["update"]),
@@ -184,7 +188,8 @@ class LayerCost:
     def stored_bits(self) -> dict[str, int]:
         """Bits held during the step (the error: this layer's ĝ; the step holds the largest)."""
         f, p = self.fmt, self.params
-        return {"activation": self.x_elems * _bits(f["input"]), "weight": p * _bits(f["weight"]),
+        return {"activation": self.x_elems * _bits(f["input"]),
+                "weight": p * (_bits(f["weight"]) + 32 * self.master),
                 "error": self.y_elems * _bits(f["error"]),
                 "weight_grad": p * _bits(f["weight_grad"]), "update": p * _bits(f["update"])}
 
@@ -223,8 +228,9 @@ def analyse(model: nn.Module, input_shape: Sequence[int],
         frac, _ = torch.frexp(x.detach())
         stored = bool(((frac.abs() == 0.5) | (x == 0)).all()) and bool((x != 0).any())
         specs = rec.for_layer(name)
-        fmt: dict[str, Format | None] = {c: None if s is None else s.format
-                                         for c, s in specs.items()}
+        fmt: dict[str, Format | None] = {
+            c: None if s is None else getattr(s.format, "element", s.format)  # MX: element
+            for c, s in specs.items()}
         fmt["input"] = last[0] if stored else None
         per_out = out.numel() // 2
         kernel = getattr(module, "kernel_size", ())
@@ -233,7 +239,8 @@ def analyse(model: nn.Module, input_shape: Sequence[int],
             k *= size
         found.append(LayerCost(name, batch * per_out * k, x.requires_grad,
                                batch * (x.numel() // 2), batch * per_out,
-                               sum(p.numel() for p in module.parameters(recurse=False)), fmt))
+                               sum(p.numel() for p in module.parameters(recurse=False)), fmt,
+                               rec.master_weights and fmt["weight"] is not None))
         if specs["activation"] is None:
             return out
         last[0] = specs["activation"].format
@@ -272,7 +279,9 @@ def summarize(layers: Sequence[LayerCost], memory: str = "dram") -> dict[str, An
     }
 
 
-RATIOS = ("energy_pj", "compute_pj", "memory_pj", "moved_bits", "stored_bits")
+RATIOS = ("energy_pj", "compute_pj", "moved_bits", "stored_bits", "multiplier_products")
+_LABELS = ("energy", "compute energy", "bits moved (memory energy)", "bits stored",
+           "products needing a multiplier")
 
 
 def _input_shape(model_name: str, batch: int, in_channels: int | None,
@@ -316,12 +325,10 @@ def _g(x: float) -> str:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table of the ratios to fp32 and the multiplier share (modelled)."""
-    lines = ["| recipe | products needing a multiplier | energy | compute | memory traffic "
-             "| bits moved | bits stored |", "|---|---|---|---|---|---|---|"]
+    """Markdown table: energy per step and the ratios to fp32 (all modelled)."""
+    lines = ["| recipe | energy pJ | " + " | ".join(_LABELS) + " |", "|" + "---|" * 7]
     for r in rows:
-        share = r["multiplier_products"] / r["products"]
-        lines.append(f"| {r['recipe']} | {r['multiplier_products']:,} ({share:.1%}) | "
+        lines.append(f"| {r['recipe']} | {_g(r['energy_pj'])} | "
                      + " | ".join(_g(r[f"{k}_ratio"]) for k in RATIOS) + " |")
     return "\n".join(lines)
 
@@ -373,16 +380,18 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
     fig = Figure(figsize=(8, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    labels = ["energy", "compute", "memory traffic", "bits moved", "bits stored"]
     width = 0.8 / max(len(rows), 1)
     for i, r in enumerate(rows):
         ax.bar([k + i * width for k in range(len(RATIOS))], [r[f"{k}_ratio"] for k in RATIOS],
                width, label=r["recipe"])
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(RATIOS))], labels)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(RATIOS))],
+                  [label.replace(" (", "\n(").replace("needing", "needing\n")
+                   for label in _LABELS], fontsize=8)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_ylabel("ratio to fp32 (modelled)")
     ax.set_title(title or "modelled cost per training step, ratio to fp32 (Horowitz 45 nm)")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.3)
+    ax.legend(fontsize=8, loc="upper center", ncol=min(len(rows), 6))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     base = os.fspath(path)
@@ -406,6 +415,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Print the tables (and write the plots); exit status 2 on a bad recipe or path."""
+    try:
+        return _print(args)
+    except (ValueError, OSError) as exc:
+        print(f"lowprec cost: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _print(args: argparse.Namespace) -> int:
     rows = recipe_table(args.model, args.recipes or ["pot7"], batch=args.batch,
                         memory=args.memory, num_classes=args.num_classes,
                         in_channels=args.in_channels, image_size=args.image_size,
@@ -435,9 +453,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``lowprec cost ...`` as a function; returns the exit status."""
     p = argparse.ArgumentParser(prog="lowprec cost", description=__doc__.splitlines()[0])
     _add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, OSError) as exc:
-        print(f"lowprec cost: error: {exc}", file=sys.stderr)
-        return 2
+    return _run(p.parse_args(argv))

@@ -8,7 +8,7 @@
                      the recipe as a dict and as TOML text, versions and the machine
 ``metrics.jsonl``    one JSON object per finished epoch: ``epoch``, ``loss``,
                      ``train_acc``, ``test_loss``, ``test_acc``, ``lr``, ``seconds``,
-                     ``telemetry`` (per ``"<layer>.<class>"``, in execution order:
+                     ``telemetry`` (per ``"<layer>.<class>"``, layers in forward order:
                      underflow, overflow, nonfinite, sqnr_db, amax pooled over the
                      epoch's recorded training passes)
 ``checkpoint.pt``    the state after the last finished epoch: model, optimizer, RNG
@@ -232,14 +232,19 @@ def _check_or_write_config(folder: Path, config: dict[str, Any]) -> None:
 _PHASE = {"weight": 0, "activation": 0, "error": 1, "weight_grad": 2, "update": 2}
 
 
-def _execution_key(order: dict[str, int], key: str) -> tuple[int, int, int, str]:
-    """Sort key of ``"<layer>.<class>"`` or ``"<layer>.update.<state>"`` in the order a
-    training step rounds them: weights and activations layer by layer, then errors from
-    the last layer back, then weight gradients and updates."""
+def _parse(key: str) -> tuple[str, str, str]:
+    """``"<layer>.<class>"`` or ``"<layer>.update.<state>"`` -> (layer, class, state)."""
     layer, _, cls = key.rpartition(".")
-    state = ""
-    if cls not in _PHASE:
-        state, (layer, _, cls) = cls, layer.rpartition(".")
+    if cls in _PHASE:
+        return layer, cls, ""
+    layer, _, owner = layer.rpartition(".")
+    return layer, owner, cls
+
+
+def _execution_key(order: dict[str, int], key: str) -> tuple[int, int, int, str]:
+    """Sort key in the order a training step rounds tensors: weights and activations layer
+    by layer, then errors from the last layer back, then weight gradients and updates."""
+    layer, cls, state = _parse(key)
     if cls not in _PHASE or layer not in order:
         return 3, 0, 0, key
     pos = -order[layer] if cls == "error" else order[layer]
@@ -247,21 +252,32 @@ def _execution_key(order: dict[str, int], key: str) -> tuple[int, int, int, str]
 
 
 def epoch_telemetry(model: nn.Module) -> dict[str, dict[str, float]]:
-    """The pooled telemetry of the passes recorded since the last reset, in execution order."""
+    """The pooled telemetry of the passes recorded since the last reset, by layer in forward
+    (module) order, then by tensor class."""
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+
+    def module_key(key: str) -> tuple[int, int, str]:
+        layer, cls, state = _parse(key)
+        known = layer in order and cls in _PHASE
+        return (order[layer], TENSOR_CLASSES.index(cls), state) if known else (len(order), 0, key)
+
     stats = training.telemetry(model)
     keep = ("underflow", "overflow", "nonfinite", "sqnr_db", "amax")
-    return {k: {s: stats[k][s] for s in keep}
-            for k in sorted(stats, key=lambda k: _execution_key(order, k))}
+    return {k: {s: stats[k][s] for s in keep} for k in sorted(stats, key=module_key)}
 
 
 def first_bad(telemetry: dict[str, dict[str, float]]) -> str | None:
-    """The first tensor (in the given, execution, order) with non-finite values or a NaN SQNR,
-    else the first that overflowed; ``None`` when every tensor is clean."""
-    for key, s in telemetry.items():
+    """The first tensor, in execution order (layers ordered as in ``telemetry``), with
+    non-finite values or a NaN SQNR, else the first that overflowed; ``None`` if all clean."""
+    layers = dict.fromkeys(_parse(k)[0] for k in telemetry)
+    order = {layer: i for i, layer in enumerate(layers)}
+    keys = sorted(telemetry, key=lambda k: _execution_key(order, k))
+    for key in keys:
+        s = telemetry[key]
         if s["nonfinite"] > 0 or math.isnan(s["sqnr_db"]):
             return f"{key} (non-finite: {s['nonfinite']:.1%} of values, SQNR {s['sqnr_db']} dB)"
-    for key, s in telemetry.items():
+    for key in keys:
+        s = telemetry[key]
         if s["overflow"] > 0:
             return f"{key} (overflow: {s['overflow']:.1%} of values, amax {s['amax']:.3g})"
     return None
@@ -287,7 +303,7 @@ def _diagnose(spec: RunSpec, dataset: Dataset, state: dict[str, torch.Tensor],
 
 
 class _Diverged(Exception):
-    pass
+    """The loss became NaN/inf; the message says where and which tensor went bad first."""
 
 
 # -- the training loop ----------------------------------------------------------------------
@@ -476,7 +492,7 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
     session = _Session.start(spec, dataset, epochs)
     history: list[dict[str, Any]] = []
     if (folder / CHECKPOINT).exists():
-        state = torch.load(folder / CHECKPOINT, map_location=spec.device, weights_only=True)
+        state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
         session.load_state_dict(state)
         history = state["metrics"]
     _write_metrics(folder, history)  # drops any line written after the checkpoint

@@ -53,9 +53,13 @@ _F64_MIN_QUANTUM_EXP = -1074
 _F64_MAX_EXP = 1023
 
 
+class ParameterError(ValueError, TypeError):
+    """An invalid format/scaling parameter (a ``ValueError``, and a ``TypeError`` for types)."""
+
+
 def _require_int(name: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise ParameterError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if lo is not None and value < lo or hi is not None and value > hi:
         rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise ValueError(f"{name}={value} is out of range; allowed: {rng}")
@@ -273,7 +277,7 @@ class FloatingPoint(Format):
         if self.specials == "ieee" and self.exp < 2:
             raise ValueError("specials='ieee' needs exp >= 2 (the top exponent is inf/NaN)")
         if self.specials == "fn" and self.exp + self.man < 2:
-            raise ValueError("specials='fn' needs exp + man >= 2")
+            raise ValueError("specials='fn' needs exp + man >= 2 (one code is NaN)")
         if self.grid_qmin < _F64_MIN_QUANTUM_EXP or self.emax > _F64_MAX_EXP:
             raise ValueError(
                 f"{self.name}: exponent range [{self.emin}, {self.emax}] with man={self.man} "
@@ -314,6 +318,8 @@ class FloatingPoint(Format):
 
     @property
     def max(self) -> float:
+        if self.specials == "fn" and self.man == 0:
+            return math.ldexp(1.0, self.emax - 1)  # the top exponent's only code is NaN
         top_mantissa = 2**self.man - 1
         if self.specials == "fn":
             top_mantissa -= 1  # the all-ones code is NaN

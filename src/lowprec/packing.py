@@ -159,12 +159,12 @@ def _decode(fmt: Format, codes: torch.Tensor) -> torch.Tensor:
 def _exact_codes(fmt: Format, t: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     """``(codes, bits)`` if ``fmt`` holds every element of float32 ``t`` bit for bit."""
     flat = t.reshape(-1)
-    for part in (flat[:_SAMPLE], flat)[flat.numel() <= _SAMPLE:]:
+    for part in [flat] if flat.numel() <= _SAMPLE else [flat[:_SAMPLE], flat]:
         codes = _encode(fmt, part)
         if not torch.equal(_decode(fmt, codes).view(torch.int32), part.view(torch.int32)):
             return None
-    negzero = isinstance(fmt, FixedPoint) and bool((codes == 1 << fmt.wl).any())
-    return codes, fmt.bits + negzero
+    bits = fmt.bits + (isinstance(fmt, FixedPoint) and bool((codes == 1 << fmt.wl).any()))
+    return (codes, bits) if bits <= 16 else None
 
 
 def encode(fmt: Format | str, t: torch.Tensor) -> torch.Tensor | None:

@@ -98,7 +98,8 @@ def _combine(sw: torch.Tensor, ew: torch.Tensor, mw: torch.Tensor, sp: torch.Ten
     rem = sig & ((1 << s) - 1)
     half = 1 << (s - 1)
     up = (rem > half) | ((rem == half) & ((q & 1) == 1))
-    mag = torch.where(e >= 255, _INF, torch.where(e >= 1, (e << 23) | mw, q + up.to(q.dtype)))
+    normal = (e.clamp(0, 255) << 23) | mw  # clamped: no shift of a negative number
+    mag = torch.where(e >= 255, _INF, torch.where(e >= 1, normal, q + up.to(q.dtype)))
     return (mag | (sw ^ sp)).view(torch.float32)
 
 
@@ -249,8 +250,7 @@ def multiplications_removed(model: nn.Module, input_shape: tuple[int, ...],
     from .cost import analyse
 
     layers = analyse(model, input_shape, recipe)
-    per = {la.name: {k: n for k, (n, shift) in la.products().items() if shift} for la in layers}
-    per = {name: {k: per[name].get(k, 0) for k in ("forward", "grad_input", "grad_weight")}
-           for name in per}
+    per = {la.name: {k: n if shift else 0 for k, (n, shift) in la.products().items()}
+           for la in layers}
     return {"layers": per, "total": sum(sum(d.values()) for d in per.values()),
             "products": sum(n for la in layers for n, _ in la.products().values())}

@@ -19,8 +19,10 @@ to each tensor class (:data:`TENSOR_CLASSES`):
 ``master_weights=True`` keeps an fp32 master copy of the parameters (mixed
 precision); by default the stored parameters are themselves in the weight format,
 as in the study. ``overrides`` maps ``fnmatch`` globs on layer names
-(``model.named_modules()``) to per-class replacements, applied in order (later
-wins); :mod:`lowprec.training` applies a recipe to a model.
+(``model.named_modules()``), or ``"<first>"`` / ``"<last>"`` (the first / last layer
+:func:`~lowprec.prepare` quantizes, in registration order: forward order for the usual
+models), to per-class replacements, applied in order (later wins);
+:mod:`lowprec.training` applies a recipe to a model.
 
 Recipes are stored as TOML (:meth:`Recipe.to_file`, :meth:`Recipe.from_file`); the
 file is data, never executed::
@@ -47,7 +49,7 @@ import dataclasses
 import fnmatch
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,9 +67,10 @@ else:  # pragma: no cover
 if TYPE_CHECKING:
     from .scaling import Scaling
 
-__all__ = ["TENSOR_CLASSES", "QuantSpec", "Recipe", "RecipeError"]
+__all__ = ["POSITIONS", "TENSOR_CLASSES", "QuantSpec", "Recipe", "RecipeError"]
 
 TENSOR_CLASSES = ("weight", "activation", "error", "weight_grad", "update")
+POSITIONS = ("<first>", "<last>")  # override keys: the first / last layer prepare() quantizes
 NONE = "none"  # the TOML spelling of "this class is not rounded"
 
 
@@ -188,9 +191,9 @@ def _format_to_toml(fmt: Format) -> str | dict[str, Any]:
 
 
 def _scaling_to_dict(s: Scaling) -> dict[str, Any]:
-    """The constructor arguments of a Scaling that differ from their defaults (no state)."""
+    """``granularity`` and the constructor arguments that differ from their defaults."""
     d = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
-         if f.init and f.compare and getattr(s, f.name) != f.default}
+         if f.init and f.compare and (f.name == "granularity" or getattr(s, f.name) != f.default)}
     if isinstance(d.get("scale_format"), Format):
         d["scale_format"] = _format_to_toml(d["scale_format"])
     return d
@@ -263,11 +266,14 @@ class Recipe:
         """The top-level spec of every tensor class."""
         return {c: getattr(self, c) for c in TENSOR_CLASSES}
 
-    def for_layer(self, name: str) -> dict[str, QuantSpec | None]:
-        """The specs of layer ``name``: top level, then every matching override in order."""
+    def for_layer(self, name: str, positions: Collection[str] = ()) -> dict[str, QuantSpec | None]:
+        """The specs of layer ``name``: top level, then every matching override in order.
+
+        ``positions``: which of :data:`POSITIONS` the layer holds (``prepare`` passes them).
+        """
         specs = self.specs()
         for pattern, table in self.overrides.items():
-            if fnmatch.fnmatchcase(name, pattern):
+            if pattern in positions or fnmatch.fnmatchcase(name, pattern):
                 specs.update(table)
         return specs
 

@@ -53,13 +53,16 @@ class Run:
     def recipe(self) -> str:
         return self.config["recipe_name"]
 
-    def final(self, key: str) -> float | None:
-        """``key`` of the last epoch of a finished run (None if diverged or incomplete)."""
-        return self.metrics[-1][key] if self.state == "done" and self.metrics else None
+    @property
+    def final_acc(self) -> float | None:
+        """Test accuracy after the last epoch of a finished run (None: diverged/incomplete)."""
+        return self.metrics[-1]["test_acc"] if self.state == "done" and self.metrics else None
 
-    def best(self, key: str) -> float | None:
-        """Best ``key`` over the epochs of a finished run."""
-        return max(m[key] for m in self.metrics) if self.state == "done" and self.metrics else None
+    @property
+    def best_acc(self) -> float | None:
+        """Best test accuracy over the epochs of a finished run."""
+        done = self.state == "done" and self.metrics
+        return max(m["test_acc"] for m in self.metrics) if done else None
 
 
 def load_runs(folder: str | Path) -> list[Run]:
@@ -87,11 +90,11 @@ class Summary:
 
     @property
     def final(self) -> list[float]:
-        return self._values(lambda r: r.final("test_acc"))
+        return self._values(lambda r: r.final_acc)
 
     @property
     def best(self) -> list[float]:
-        return self._values(lambda r: r.best("test_acc"))
+        return self._values(lambda r: r.best_acc)
 
     @property
     def mean(self) -> float | None:
@@ -233,53 +236,63 @@ def _claim4(s: dict[str, Summary]) -> Verdict:
 # -- telemetry ------------------------------------------------------------------------------
 
 
-def layer_rates(summary: Summary, cls: str = "error") -> dict[str, dict[str, float]]:
-    """Per layer, the underflow and overflow fractions of tensor class ``cls`` in the last
-    recorded epoch, averaged over seeds (layers in forward order)."""
+ERROR_STATS = ("underflow", "overflow", "sqnr_db")
+
+
+def layer_rates(summary: Summary, cls: str = "error", epoch: int = 1
+                ) -> dict[str, dict[str, float]]:
+    """Per layer (forward order), the underflow and overflow fractions and the SQNR (dB) of
+    tensor class ``cls`` in ``epoch``, averaged over the seeds that recorded it."""
     acc: dict[str, dict[str, list[float]]] = {}
-    seen: dict[str, int] = {}  # keys are in execution order: forward keys come first
+    seen: dict[str, int] = {}  # keys are saved by layer in forward order
     for run in summary.runs:
-        telemetry = run.metrics[-1].get("telemetry", {}) if run.metrics else {}
+        telemetry = run.metrics[epoch - 1]["telemetry"] if len(run.metrics) >= epoch else {}
         for i, (key, stats) in enumerate(telemetry.items()):
             layer, _, klass = key.rpartition(".")
             seen.setdefault(layer, i)
             if klass == cls:
-                for stat in ("underflow", "overflow"):
+                for stat in ERROR_STATS:
                     acc.setdefault(layer, {}).setdefault(stat, []).append(stats[stat])
     return {layer: {k: statistics.fmean(v) for k, v in acc[layer].items()}
             for layer in sorted(acc, key=seen.__getitem__)}
 
 
-def _telemetry_text(s: dict[str, Summary]) -> list[str]:
-    rates = {r: layer_rates(sm) for r, sm in s.items()}
-    rates = {r: v for r, v in rates.items() if v}
+def _error_rates(s: dict[str, Summary]) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`layer_rates` of the errors in the first epoch, for recipes that recorded any."""
+    return {r: v for r, sm in s.items() if (v := layer_rates(sm))}
+
+
+def _telemetry_text(rates: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     if not rates:
-        return ["No error-class telemetry was recorded (every recipe is fp32 for errors)."]
+        return ["No error telemetry was recorded (errors are fp32 in every recipe here)."]
     layers = list(dict.fromkeys(layer for v in rates.values() for layer in v))
     lines = [
-        "Fraction of error values (gradients w.r.t. layer outputs) flushed to zero "
-        "(underflow) / saturated (overflow) in the last epoch, per layer (forward order):",
+        "An error (gradient w.r.t. a layer's output) below a format's smallest step rounds "
+        "to zero; stochastic rounding keeps it only in expectation, as a rare step. Fixed "
+        "point has one fixed step (fxp12: 2**-8), so small errors vanish unless a per-tensor "
+        "scale moves the step with the tensor's range. SQNR says how much of the error "
+        "signal survives the rounding (0 dB: as much noise as signal).",
+        "",
+        "Errors in the first epoch (before any collapse), per layer in forward order: "
+        "underflow (flushed to zero) / overflow (saturated) / SQNR, mean over seeds:",
         "",
         "| layer | " + " | ".join(rates) + " |",
         "|---|" + "---|" * len(rates),
     ]
     for layer in layers:
-        cells = [
-            f"{v[layer]['underflow']:.1%} / {v[layer]['overflow']:.1%}" if layer in v else "—"
-            for v in rates.values()
-        ]
+        cells = [f"{v[layer]['underflow']:.1%} / {v[layer]['overflow']:.1%} / "
+                 f"{v[layer]['sqnr_db']:.1f} dB" if layer in v else "—" for v in rates.values()]
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     lines.append("")
     for plain, scaled in (("fxp12_sr", "fxp12_sr_ls"), ("fp12_sr", "fp12_sr_ls")):
         if plain in rates and scaled in rates:
-            a = statistics.fmean(v["underflow"] for v in rates[plain].values())
-            b = statistics.fmean(v["underflow"] for v in rates[scaled].values())
-            worst = max(rates[plain], key=lambda layer: rates[plain][layer]["underflow"])
+            uf = {r: statistics.fmean(v["underflow"] for v in rates[r].values())
+                  for r in (plain, scaled)}
+            sq = {r: min(v["sqnr_db"] for v in rates[r].values()) for r in (plain, scaled)}
             lines.append(
-                f"- {plain} flushes {a:.1%} of error values to zero on average over layers "
-                f"(worst: {worst}, {rates[plain][worst]['underflow']:.1%}); with local scaling "
-                f"{scaled} flushes {b:.1%}. Errors that underflow carry no gradient signal, "
-                "which is why a fixed range fails where a per-tensor scale keeps training."
+                f"- {plain} flushes {uf[plain]:.1%} of error values to zero (mean over layers; "
+                f"worst layer SQNR {sq[plain]:.1f} dB); with local scaling {scaled} flushes "
+                f"{uf[scaled]:.1%} (worst SQNR {sq[scaled]:.1f} dB)."
             )
     return lines
 
@@ -327,23 +340,26 @@ def _curves_plot(s: dict[str, Summary], key: str, ylabel: str, folder: Path, ste
     return _save(fig, folder, stem)
 
 
-def _telemetry_plot(s: dict[str, Summary], folder: Path, stem: str) -> str | None:
-    rates = {r: v for r, sm in s.items() if (v := layer_rates(sm))}
+def _telemetry_plot(rates: dict[str, dict[str, dict[str, float]]], folder: Path,
+                    stem: str) -> str | None:
     if not rates:
         return None
     layers = list(dict.fromkeys(layer for v in rates.values() for layer in v))
-    fig = Figure(figsize=(11, 4.5))
+    fig = Figure(figsize=(14, 4.5))
     width = 0.8 / len(rates)
-    for i, stat in enumerate(("underflow", "overflow")):
-        ax = fig.add_subplot(1, 2, i + 1)
+    labels = {"underflow": "underflow (% flushed to zero)", "overflow": "overflow (% saturated)",
+              "sqnr_db": "SQNR (dB)"}
+    for i, stat in enumerate(ERROR_STATS):
+        ax = fig.add_subplot(1, len(ERROR_STATS), i + 1)
+        scale = 1.0 if stat == "sqnr_db" else 100.0
         for j, (recipe, v) in enumerate(rates.items()):
             xs = [k + j * width for k in range(len(layers))]
-            ax.bar(xs, [100.0 * v.get(lay, {}).get(stat, 0.0) for lay in layers], width,
+            heights = [scale * v[lay][stat] if lay in v else math.nan for lay in layers]
+            ax.bar(xs, [h if math.isfinite(h) else math.nan for h in heights], width,
                    label=recipe)
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(layers))], layers, rotation=45,
                       ha="right", fontsize=8)
-        ax.set_ylabel(f"error {stat} (% of values, last epoch)")
-        ax.set_title(f"error {stat} per layer")
+        ax.set_title(f"errors, epoch 1: {labels[stat]}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, folder, stem)
@@ -353,19 +369,16 @@ def _telemetry_plot(s: dict[str, Summary], folder: Path, stem: str) -> str | Non
 
 
 def _cost_section(model: str, s: dict[str, Summary]) -> list[str]:
-    """Modelled memory/energy from :mod:`lowprec.cost` when that module exists.
-
-    Contract: ``lowprec.cost.report_section(model, recipes)`` with ``recipes`` mapping
-    recipe names to recipe dicts (as saved in ``config.json``) returns Markdown.
-    """
+    """Modelled memory/energy from :mod:`lowprec.cost` when that module exists: its
+    ``report_section(model, recipes, input_shape=, num_classes=, batch=)``, ``recipes``
+    mapping names to recipe dicts (as saved in ``config.json``), returns Markdown."""
     if importlib.util.find_spec("lowprec.cost") is None:
         return ["cost model: not available in this version"]
     cost = importlib.import_module("lowprec.cost")
-    section = getattr(cost, "report_section", None)
-    if section is None:
-        return ["cost model: `lowprec.cost` has no `report_section()`; not included"]
+    cfg = next(iter(s.values())).runs[0].config
     recipes = {r: sm.runs[0].config["recipe"] for r, sm in s.items()}
-    return [section(model, recipes)]
+    return [cost.report_section(model, recipes, input_shape=cfg["data"]["input_shape"],
+                                num_classes=cfg["data"]["num_classes"], batch=cfg["batch_size"])]
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -405,11 +418,12 @@ def _group_section(key: tuple[str, str], s: dict[str, Summary], folder: Path,
     epochs = sorted({r.config["epochs"] for r in runs})
     acc = _curves_plot(s, "test_acc", "test accuracy (%)", folder, f"accuracy{suffix}")
     loss = _curves_plot(s, "loss", "training loss", folder, f"loss{suffix}")
-    telem = _telemetry_plot(s, folder, f"telemetry{suffix}")
+    rates = _error_rates(s)
+    telem = _telemetry_plot(rates, folder, f"telemetry{suffix}")
     out = [
         f"## {dataset} / {model}",
         "",
-        f"{len(runs)} runs, {', '.join(map(str, epochs))} epochs, batch {cfg['batch_size']}, "
+        f"{len(runs)} runs of {'/'.join(map(str, epochs))} epochs, batch {cfg['batch_size']}, "
         f"solver: {_solver_text(cfg['solver'])}.",
         "",
         "Data provenance: " + "; ".join(provenance),
@@ -437,11 +451,11 @@ def _group_section(key: tuple[str, str], s: dict[str, Summary], folder: Path,
         "",
         "### Why fixed point fails without scaling: error telemetry",
         "",
-        *_telemetry_text(s),
+        *_telemetry_text(rates),
         "",
     ]
     if telem:
-        out += [f"![error underflow/overflow per layer]({telem})", ""]
+        out += [f"![error underflow, overflow and SQNR per layer]({telem})", ""]
     return out + ["### Modelled memory / energy", "", *_cost_section(model, s), ""]
 
 

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from . import formats
 from .formats import FixedPoint, Format, _require_int
 from .quantize import round_to_format
+from .telemetry import QuantInfo
 
 __all__ = ["Scaling", "ScaleState", "ScaledFormat", "scaled_round"]
 
@@ -119,8 +120,16 @@ class Scaling:
 
     ``granularity``: ``"tensor"`` (one scale), ``"channel"`` (one per index along
     ``axis``), ``"block"`` (``block`` consecutive elements along ``axis``; a ragged tail is
-    its own shorter block, as if zero-padded). ``state`` holds the history of
-    ``method="history"``; bind a fresh one per tensor with :meth:`stateful`.
+    its own shorter block, as if zero-padded). The scales come back as ``info.scales``
+    (``quantize(..., return_info=True)``): shape ``()`` per tensor, ``(C,)`` per channel,
+    ``x``'s shape with ``axis`` cut to the number of blocks per block.
+
+    Delayed scaling: ``Scaling(method="history", history=16)`` is a template (as in a
+    recipe); ``bound = template.stateful()`` carries its own :class:`ScaleState`, which
+    ``quantize(x, fmt, scaling=bound)`` reads and updates. The state lives in the bound
+    Scaling because ``quantize`` takes no state argument: keep one bound copy per tensor
+    (``copy.deepcopy`` of a bound copy copies its history). Using the template itself
+    raises ``ValueError`` rather than silently sharing one history between tensors.
     """
 
     granularity: str = "tensor"
@@ -259,9 +268,9 @@ def _format_scale(amax: torch.Tensor, fmt: Format, s: Scaling) -> torch.Tensor:
     if s.tensor_scale:
         g = (amax.amax() / (sfmt.max * fmt.max)).to(torch.float32).to(torch.float64)
         g = torch.where((g > 0) & torch.isfinite(g), g, 1.0)
-    target = amax * math.ldexp(1.0, s.margin) / (fmt.max * g)
+    target = (amax * math.ldexp(1.0, s.margin) / (fmt.max * g)).reshape(-1).clone()
     sc = round_to_format(target, sfmt, _FORMAT_MODE[s.rounding], overflow="saturate")
-    return torch.where(sc > 0, sc, sfmt.min_subnormal) * g
+    return torch.where(sc > 0, sc, sfmt.min_subnormal).view(amax.shape) * g
 
 
 def _view(x: torch.Tensor, s: Scaling) -> tuple[
@@ -296,12 +305,16 @@ def _view(x: torch.Tensor, s: Scaling) -> tuple[
 
 
 def _absmax(t: torch.Tensor, dims: tuple[int, ...] | None) -> torch.Tensor:
-    """``max |t|`` over ``dims`` (all if None, none if empty), keepdim; NaN propagates."""
+    """``max |t|`` over ``dims`` (all if None, none if empty), keepdim; NaN propagates.
+
+    As ``max(amax, -amin)``: two reductions without a temporary, much faster on CPU than
+    ``abs().amax()`` or ``linalg.vector_norm(ord=inf)``.
+    """
     if dims == ():
         return t.abs()
     if dims is None:
-        return torch.linalg.vector_norm(t, ord=math.inf).reshape([1] * t.ndim)
-    return torch.linalg.vector_norm(t, ord=math.inf, dim=dims, keepdim=True)
+        return torch.maximum(t.amax(), -t.amin()).reshape([1] * t.ndim)
+    return torch.maximum(t.amax(dim=dims, keepdim=True), -t.amin(dim=dims, keepdim=True))
 
 
 def _amax(xs: torch.Tensor, dims: tuple[int, ...] | None, nan_policy: str) -> tuple[
@@ -323,8 +336,8 @@ def _compute_dtype(x: torch.Tensor, fmt: Format, rounding: str, pow2: bool) -> t
     ``x * 2**-X`` in float32 is exact unless it leaves float32's normal range. Below
     ``2**-126`` an inexact or flushed value still rounds exactly as the true one when the
     format's smallest spacing is ``>= 2**-94`` and the mode is nearest (the value is under
-    half a spacing) or stochastic (under ``2**-32`` of a spacing, below what 32 random
-    bits resolve). Above float32's range the value is inf, which saturates or overflows
+    half a spacing) or stochastic (under ``2**-32`` of a spacing, finer than the at most
+    30 random bits resolve). Above float32's range the value is inf, which saturates or overflows
     exactly as the true value would in these modes. ``q * 2**X`` is one correctly rounded
     product either way.
     """
@@ -346,7 +359,7 @@ def scaled_round(
     rand_bits: int | None = None,
     overflow: str | None = None,
     out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, QuantInfo | None]:
     """``y = s * round(x / s)`` per slice of ``scaling``; returns ``(y, QuantInfo or None)``.
 
     Called by :func:`lowprec.quantize` for ``scaling=`` (see there for the arguments; ``out``
@@ -366,7 +379,7 @@ def scaled_round(
             info = _info(x, y, fmt, None, None)
     else:
         compute = _compute_dtype(x, fmt, rounding, scaling.pow2)
-        xs, dims, back, compact = _view(x.to(compute), scaling)
+        xs, dims, back, compact = _view(x.detach().to(compute), scaling)
         amax, bad = _amax(xs, dims, scaling.nan_policy)
         if scaling.state is not None:
             amax = scaling.state.step(amax)
@@ -378,10 +391,16 @@ def scaled_round(
         if bad is not None:
             sc = torch.where(bad, math.nan, sc)
         sc_c = sc.to(compute)
-        v = xs * (1 / sc_c) if scaling.pow2 else xs / sc_c  # 1 / 2**X is exact
-        q = round_to_format(v, fmt, rounding, generator=generator, rand_bits=rand_bits,
-                            overflow="saturate" if overflow is None else overflow)
-        y = back(q * sc_c).to(dtype)
+        # one fresh 1-D buffer, rounded in place (the compiled kernel fails on views of
+        # tensors with 3 or more dimensions: reported)
+        v = torch.empty(xs.numel(), dtype=compute, device=x.device)
+        if scaling.pow2:
+            torch.mul(xs, 1 / sc_c, out=v.view(xs.shape))  # 1 / 2**X is exact
+        else:
+            torch.div(xs, sc_c, out=v.view(xs.shape))
+        round_to_format(v, fmt, rounding, generator=generator, rand_bits=rand_bits,
+                        overflow="saturate" if overflow is None else overflow, out=v)
+        y = back(v.view(xs.shape).mul_(sc_c)).to(dtype)
         if return_info:  # before writing into out, which may be x
             info = _info(x, y, fmt, back(sc.expand(xs.shape)) if dims else sc, compact(sc))
     if out is None:
@@ -390,9 +409,7 @@ def scaled_round(
 
 
 def _info(x: torch.Tensor, y: torch.Tensor, fmt: Format, scale: torch.Tensor | None,
-          scales: torch.Tensor | None) -> Any:
-    from .telemetry import QuantInfo
-
+          scales: torch.Tensor | None) -> QuantInfo:
     return replace(QuantInfo.measure(x, y, fmt, scale=scale), scales=scales)
 
 

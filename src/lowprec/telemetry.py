@@ -7,7 +7,8 @@ For an input ``x``, its quantized value ``y`` and the format's largest magnitude
 * ``overflow = #{|x| > max * s} / #{finite}`` (``max_negative`` for negative ``x``):
   inputs beyond the top value, which saturated, became inf/NaN or rounded down onto it;
 * ``sqnr_db = 10 log10(sum x**2 / sum (x - y)**2)``: ``+inf`` if exact, ``nan`` if
-  ``x`` is all zero, ``-inf`` if a finite input became inf/NaN;
+  ``x`` is all zero, ``-inf`` if a finite input became inf/NaN (the sums are float64:
+  magnitudes beyond ``~1e154`` overflow them, giving ``nan`` or ``±inf``);
 * ``nonfinite = #{y not finite} / numel`` and ``amax = max |x|``.
 
 :class:`QuantInfo` keeps the counts and sums so that :class:`TelemetryLog` can pool

@@ -51,8 +51,8 @@ never) adds a :class:`~lowprec.telemetry.QuantInfo` to the model's
 
 from __future__ import annotations
 
-import copy
 import fnmatch
+import functools
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from .quantize import quantize
-from .recipe import QuantSpec, Recipe
+from .recipe import POSITIONS, QuantSpec, Recipe
 from .telemetry import TelemetryLog
 
 __all__ = [
@@ -120,20 +120,22 @@ class _Rounder:
 
     def __init__(self, spec: QuantSpec, key: str, run: _Run) -> None:
         self.spec, self.key, self.run = spec, key, run
-        self.scaling = copy.deepcopy(spec.scaling)
+        self.scaling = None if spec.scaling is None else spec.scaling.stateful()
 
-    def __call__(self, x: torch.Tensor, record: bool | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-        """Round ``x`` into ``out`` (default: in place), recording telemetry if asked."""
+    def __call__(self, x: torch.Tensor, record: bool | None = None) -> torch.Tensor:
+        """``Q(x)``, a new tensor; telemetry is recorded if ``record`` (default: the pass's)."""
         s, run = self.spec, self.run
         record = run.recording if record is None else record
         y = quantize(x, s.format, s.rounding, generator=run.generator, rand_bits=s.rand_bits,
-                     overflow=s.overflow, scaling=self.scaling,
-                     out=x if out is None else out, return_info=record)
+                     overflow=s.overflow, scaling=self.scaling, return_info=record)
         if record:
             y, info = y
             run.log.update(self.key, info)
         return y
+
+    def inplace(self, t: torch.Tensor) -> None:
+        """``t ← Q(t)`` (through a new tensor: the compiled kernel must not alias)."""
+        t.copy_(self(t))
 
 
 class _Layer:
@@ -172,9 +174,9 @@ class _Layer:
         if w is None:
             return
         if name in self.masters:
-            w(p.detach().copy_(self.masters[name]))
+            p.detach().copy_(w(self.masters[name]))
         else:
-            w(p.detach())
+            w.inplace(p.detach())
             self.clean[name] = (p._version, p.data_ptr())
 
     def forward_pre_hook(self, module: nn.Module, args: Any) -> None:
@@ -193,7 +195,7 @@ class _Layer:
     def before_step(self, name: str, p: nn.Parameter) -> None:
         g = self.rounder("weight_grad", name)
         if g is not None and p.grad is not None:
-            g(p.grad)
+            g.inplace(p.grad)
         if name in self.masters:
             self.parked[name], p.data = p.data, self.masters[name]
 
@@ -203,10 +205,10 @@ class _Layer:
         if name in self.masters:
             p.data = self.parked.pop(name)
         if u is not None:
-            u(self.masters.get(name, p.detach()))
+            u.inplace(self.masters.get(name, p.detach()))
             for k, v in state.items():
                 if isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape == p.shape:
-                    self.rounder("update", f"{name}.{k}", k)(v)  # type: ignore[misc]
+                    self.rounder("update", f"{name}.{k}", k).inplace(v)  # type: ignore[union-attr]
         if u is None or name in self.masters or u.spec != self.specs["weight"]:
             self.round_weight(name, p)
         else:
@@ -233,21 +235,21 @@ class _Layer:
 
 
 class _RoundOutput(torch.autograd.Function):
-    """Forward ``ŷ = Q_activation(y)`` in place; backward ``ĝ = Q_error(g)``."""
+    """Forward ``ŷ = Q_activation(y)``; backward ``ĝ = Q_error(g)``."""
 
     @staticmethod
     def forward(ctx: Any, y: torch.Tensor, act: _Rounder | None, err: _Rounder | None,
                 record: bool) -> torch.Tensor:
         ctx.err, ctx.record = err, record
-        ctx.mark_dirty(y)  # y is returned (rounded in place): no copy
         if act is not None:
-            act(y, record)
+            return act(y, record)
+        ctx.mark_dirty(y)  # returned as is: dirty, not a view, so in-place ReLUs may follow
         return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.err is not None:
-            g = ctx.err(g, ctx.record, torch.empty_like(g))  # g may be shared: not in place
+            g = ctx.err(g, ctx.record)  # a new tensor: g may be shared
         return g, None, None, None
 
 
@@ -286,12 +288,14 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
     if not found:
         names = ", ".join(t.__name__ for t in _LAYER_TYPES)
         raise ValueError(f"model has no layer of a registered type ({names})")
-    unused = [g for g in recipe.overrides if not any(fnmatch.fnmatchcase(n, g) for n, _ in found)]
+    unused = [g for g in recipe.overrides
+              if g not in POSITIONS and not any(fnmatch.fnmatchcase(n, g) for n, _ in found)]
     if unused:
         raise ValueError(f"override(s) {unused} match no layer; layers: {[n for n, _ in found]}")
     run = _Run(recipe, seed, telemetry_every)
-    for name, module in found:
-        specs = recipe.for_layer(name)
+    for i, (name, module) in enumerate(found):
+        at = [pos for pos, hit in zip(POSITIONS, (i == 0, i == len(found) - 1), strict=True) if hit]
+        specs = recipe.for_layer(name, at)
         if any(s is not None for s in specs.values()):
             run.layers.append(_attach(name or "model", module, specs, run))
     run.handles.append(model.register_forward_pre_hook(run.begin_pass))
@@ -314,7 +318,9 @@ def _attach(name: str, module: nn.Module, specs: dict[str, QuantSpec | None],
     if specs["activation"] is not None or specs["error"] is not None:
         hooks.append(module.register_forward_hook(layer.forward_hook))
     if master:
-        hooks += [module.register_state_dict_post_hook(layer.state_dict_hook),
+        # partial: torch tags state_dict hooks with an attribute, which bound methods refuse
+        hooks += [module.register_state_dict_post_hook(functools.partial(_Layer.state_dict_hook,
+                                                                         layer)),
                   module.register_load_state_dict_pre_hook(layer.load_pre_hook),
                   module.register_load_state_dict_post_hook(layer.load_post_hook)]
     run.handles += hooks

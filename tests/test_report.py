@@ -1,0 +1,127 @@
+"""The report, rebuilt from saved run folders: table, seeds, divergence, claims, plots."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lowprec import recipes, report
+from lowprec.data import Dataset
+from lowprec.experiment import (
+    CONFIG,
+    METRICS,
+    STATUS,
+    RunSpec,
+    resolve_config,
+    write_json,
+    write_text,
+)
+
+LAYERS = ("conv1", "conv2", "fc")
+
+
+def fake_dataset() -> Dataset:
+    images = np.zeros((4, 1, 8, 8), dtype=np.uint8)
+    labels = np.arange(4) % 2
+    return Dataset("digits", images, labels, images, labels, num_classes=10,
+                   provenance="fake digits for the report tests")
+
+
+def save_run(out: Path, recipe: str, seed: int, accs: list[float], status: str | None,
+             underflow: float = 0.0) -> None:
+    """A run folder as train_run leaves it, with the given test accuracy per epoch."""
+    spec = RunSpec("digits", "small_cnn", recipes.get(recipe), seed, epochs=len(accs))
+    folder = out / spec.name
+    folder.mkdir(parents=True)
+    write_json(folder / CONFIG, resolve_config(spec, fake_dataset()))
+    tel = {f"{layer}.error": {"underflow": underflow, "overflow": 0.01, "nonfinite": 0.0,
+                              "sqnr_db": 20.0, "amax": 1.0} for layer in LAYERS}
+    lines = [json.dumps({"epoch": i + 1, "loss": 2.0 / (i + 1), "train_acc": a, "test_acc": a,
+                         "lr": 0.05, "seconds": 1.0, "telemetry": tel})
+             for i, a in enumerate(accs)]
+    write_text(folder / METRICS, "".join(line + "\n" for line in lines))
+    if status == "done":
+        write_json(folder / STATUS, {"status": "done", "reason": None})
+    elif status == "diverged":
+        write_json(folder / STATUS, {"status": "diverged",
+                                     "reason": "loss became nan at epoch 3, step 1; first bad "
+                                               "telemetry: fc.activation"})
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    for seed, acc in enumerate([0.75, 0.76, 0.77]):
+        save_run(tmp_path, "fp32", seed, [0.5, acc], "done")
+    save_run(tmp_path, "fxp12_sr", 0, [0.62, 0.60], "done", underflow=0.8)
+    save_run(tmp_path, "fxp12_sr", 1, [0.3, 0.2], "diverged", underflow=0.9)
+    save_run(tmp_path, "fp12_sr", 0, [0.6, 0.70], "done", underflow=0.05)
+    save_run(tmp_path, "fxp12_sr_ls", 0, [0.6, 0.748], "done", underflow=0.01)
+    save_run(tmp_path, "fp12_sr_ls", 0, [0.6, 0.755], "done", underflow=0.0)
+    save_run(tmp_path, "pot7", 0, [0.6, 0.72], "done", underflow=0.02)
+    save_run(tmp_path, "pot7", 1, [0.6], None)  # interrupted, never resumed
+    return tmp_path
+
+
+def test_report_from_saved_runs(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "lowprec.cost" else find_spec(name, *a))
+    text = report.write_report(study).read_text()
+    for stem in ("accuracy", "loss", "telemetry"):
+        for ext in ("png", "svg"):
+            assert (study / f"{stem}.{ext}").stat().st_size > 1000
+        assert f"]({stem}.png)" in text
+    row = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 0,1,2 | 76.00 ± 1.00% | 76.00 ± 1.00% | +0.00 |" in row["fp32"]
+    assert "| 60.00% | 62.00% | -16.00 | 1/2 done, 1/2 diverged<br>loss became nan" in row[
+        "fxp12_sr"]
+    assert "1/2 done, 1/2 incomplete" in row["pot7"]
+    assert "**1. 12-bit fixed point with stochastic rounding is not adequate for training**: " \
+           "shown — fxp12_sr 60.00% vs fp32 76.00% (gap 16.00 points ≥ 5)" in text
+    assert "**2. 12-bit floating point does better under the same conditions**: shown" in text
+    assert "**3. Both improve with local scaling and get close to the fp32 baseline**: " \
+           "shown — yes: fxp12_sr_ls better" in text
+    assert "**4. The power-of-two network (7 bits) loses very little accuracy**: not shown — " \
+           "pot7 72.00% vs fp32 76.00%, limit 2 points" in text
+    assert "fxp12_sr flushes 85.0% of error values to zero" in text  # mean of 0.8 and 0.9
+    assert "fake digits for the report tests" in text and "Machine: " in text
+    assert "cost model: not available in this version" in text
+    assert text.index("| conv1 |") < text.index("| conv2 |") < text.index("| fc |")
+
+
+def test_claims_say_what_is_missing_or_not_shown(tmp_path: Path) -> None:
+    save_run(tmp_path, "fp32", 0, [0.70], "done")
+    save_run(tmp_path, "fxp12_sr", 0, [0.68], "done")
+    save_run(tmp_path, "fp12_sr", 0, [0.66], "done")
+    groups = report._group(report.load_runs(tmp_path))
+    verdicts = dict(report.claims(groups[("digits", "small_cnn")]))
+    assert verdicts[report.claims(groups[("digits", "small_cnn")])[0][0]] == (
+        "not shown", "fxp12_sr 68.00% vs fp32 70.00% (gap 2.00 points < 5)")
+    texts = list(verdicts)
+    assert verdicts[texts[1]] == ("not shown", "fp12_sr 66.00% vs fxp12_sr 68.00%")
+    assert verdicts[texts[2]] == ("not tested", "missing runs: fxp12_sr_ls, fp12_sr_ls")
+    assert verdicts[texts[3]] == ("not tested", "missing runs: pot7")
+
+
+def test_cost_section_uses_the_cost_model_when_present(study: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("lowprec.cost")
+    fake.__spec__ = importlib.machinery.ModuleSpec("lowprec.cost", None)
+    fake.report_section = lambda model, recipes, **kw: (
+        f"modelled for {model} {kw}: {', '.join(recipes)}")
+    monkeypatch.setitem(sys.modules, "lowprec.cost", fake)
+    text = report.write_report(study).read_text()
+    assert ("modelled for small_cnn {'input_shape': [1, 8, 8], 'num_classes': 10, 'batch': 64}: "
+            "fp32, fxp12_sr, fp12_sr, fxp12_sr_ls, fp12_sr_ls, pot7") in text
+
+
+def test_no_runs_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no run folders"):
+        report.write_report(tmp_path)
