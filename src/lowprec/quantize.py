@@ -81,8 +81,10 @@ def round_to_format(
     dev = x.device
     target = out if out.is_contiguous() else out.contiguous()
     _kernel.run(
-        target.view(-1),
-        x.reshape(-1),
+        # flat aliases that are not autograd views: compiled graphs then do not depend
+        # on (and are not recompiled for) the shape of the tensor they alias
+        target.view(-1).detach(),
+        x.reshape(-1).detach(),
         torch.tensor(grid, dtype=_kernel.int_dtype(compute), device=dev),
         torch.tensor(seed, dtype=torch.int32, device=dev),
         rounding,

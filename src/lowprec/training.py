@@ -342,9 +342,15 @@ def unprepare(model: nn.Module) -> nn.Module:
     return model
 
 
-def telemetry(model: nn.Module) -> dict[str, Any]:
-    """Summary of the model's telemetry: per ``"<layer>.<class>"`` (see the module doc)."""
-    return _run(model).log.summary()
+def telemetry(model: nn.Module, reset: bool = False) -> dict[str, dict[str, float]]:
+    """Per ``"<layer>.<class>"``: :meth:`TelemetryLog.summary` of the recorded roundings
+    (underflow, overflow, SQNR, amax, ...) since prepare or the last reset; ``reset``
+    then forgets them (e.g. once per epoch)."""
+    log = _run(model).log
+    summary = log.summary()
+    if reset:
+        log.reset()
+    return summary
 
 
 def _owned(optimizer: torch.optim.Optimizer) -> Iterator[tuple[_Layer, str, nn.Parameter]]:
