@@ -68,10 +68,14 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
+@pytest.mark.parametrize("recipe", [
+    "fxp12_sr_ls",  # stochastic rounding and scaling: every RNG state matters
+    "fp8_hybrid",  # fp32 master weights: masters and rounded working copies both restored
+])
 def test_resume_after_interruption_equals_uninterrupted(
-    digits: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    digits: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recipe: str
 ) -> None:
-    s = spec("fxp12_sr_ls")  # stochastic rounding and scaling: every RNG state matters
+    s = spec(recipe)
     whole = train_run(s, tmp_path / "a", digits, quiet=True)
     assert whole.status == "done" and len(whole.metrics) == 2
 

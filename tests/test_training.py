@@ -263,6 +263,22 @@ def test_state_dict_round_trip_and_unprepare(name: str) -> None:
         lp.unprepare(model)
 
 
+def test_parameters_changed_from_outside_are_rounded_or_adopted() -> None:
+    fxp12 = lp.formats.get("fxp12")
+    model = lp.prepare(small_cnn(), lp.Recipe(weight=fxp12))
+    model.load_state_dict(small_cnn(seed=2).state_dict())  # fp32 values: rounded on load
+    assert all(representable(p.detach(), fxp12) for p in model.parameters())
+
+    model = lp.prepare(small_cnn(), lp.Recipe(weight="bf16", master_weights=True))
+    train(model, sgd(model), batches(1))  # an unwrapped optimizer steps the working copies
+    stepped = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(batches(1)[0][0])  # the next forward takes them as the new masters
+    sd = model.state_dict()
+    for n, p in model.named_parameters():
+        assert torch.equal(sd[n], stepped[n])
+        assert torch.equal(p.detach(), lp.quantize(stepped[n], "bf16"))
+
+
 def test_stochastic_rounding_is_reproducible_from_the_seed() -> None:
     def run(seed: int) -> list[float]:
         model = lp.prepare(small_cnn(), "fxp12_sr", seed=seed)

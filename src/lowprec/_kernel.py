@@ -224,14 +224,14 @@ def run(*args: object) -> None:
         _compiled = torch.compile(quantize_into, dynamic=True)
     out, x = args[0], args[1]
     variant = (*args[4:], x.dtype, out.dtype, x.device.type, x.numel() <= 1)
-    if variant in _seen:
-        _compiled(*args)
-        return
     try:
+        if variant in _seen:
+            _compiled(*args)
+            return
         # one compiled variant per (mode, overflow, dtype, ...): more than dynamo's default 8.
-        # torch's on-disk FX-graph/AOT caches are bypassed: with this dynamic-shape, in-place
-        # graph they have returned artifacts of other shapes here ("wrong number of dimensions",
-        # "s41 is not defined"); the generated C++ is still cached, keyed by its own text.
+        # torch's on-disk FX-graph/AOT caches are bypassed while compiling: with this
+        # in-place dynamic-shape graph they have returned artifacts compiled for other shapes
+        # ("wrong number of dimensions"); the generated C++ is still cached by its own text.
         with (
             torch._dynamo.config.patch(recompile_limit=_VARIANTS),
             torch._inductor.config.patch(fx_graph_cache=False),

@@ -94,7 +94,7 @@ def _run_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its five subcommands."""
+    """The argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
         prog="lowprec", description="Train neural networks in emulated low-precision arithmetic.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -252,8 +252,8 @@ def _execution_key(order: dict[str, int], key: str) -> tuple[int, int, int, str]
 
 
 def epoch_telemetry(model: nn.Module) -> dict[str, dict[str, float]]:
-    """The pooled telemetry of the passes recorded since the last reset, by layer in forward
-    (module) order, then by tensor class."""
+    """The pooled telemetry of the passes recorded since the last call (which it forgets),
+    by layer in forward (module) order, then by tensor class."""
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
 
     def module_key(key: str) -> tuple[int, int, str]:
@@ -261,7 +261,7 @@ def epoch_telemetry(model: nn.Module) -> dict[str, dict[str, float]]:
         known = layer in order and cls in _PHASE
         return (order[layer], TENSOR_CLASSES.index(cls), state) if known else (len(order), 0, key)
 
-    stats = training.telemetry(model)
+    stats = training.telemetry(model, reset=True)
     keep = ("underflow", "overflow", "nonfinite", "sqnr_db", "amax")
     return {k: {s: stats[k][s] for s in keep} for k in sorted(stats, key=module_key)}
 
@@ -351,7 +351,7 @@ class _Session:
         return cls(spec, dataset, model, opt, torch.Generator().manual_seed(spec.seed), solver,
                    [g["lr"] for g in opt.param_groups], steps, steps * epochs)
 
-    # The stochastic-rounding generator, telemetry log and pass counter live in
+    # The stochastic-rounding generator and the telemetry pass counter live in
     # lowprec.training's per-model state, which has no public accessor yet.
     def _run_state(self) -> Any:
         return training._run(self.model)
@@ -393,7 +393,6 @@ class _Session:
     def train_epoch(self, epoch: int, quiet: bool) -> dict[str, Any]:
         """One epoch of SGD; raises :class:`_Diverged` at the first non-finite loss."""
         self.model.train()
-        self._run_state().log.reset()
         loader = self.dataset.loader("train", self.solver.batch_size, augment=self.solver.augment,
                                      generator=self.data_gen, device=self.spec.device)
         loss_sum, correct, seen, it = 0.0, 0, 0, epoch * self.steps

@@ -80,11 +80,13 @@ def round_to_format(
     seed = (*_draw_seed(generator), bits) if rounding == "stochastic" else (0, 0, bits)
     dev = x.device
     target = out if out.is_contiguous() else out.contiguous()
+    # flat aliases that are not autograd views: compiled graphs then do not depend on (and
+    # are not recompiled for) the shape of the tensor they alias; in place, one object
+    flat_out = target.view(-1).detach()
+    same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and x.is_contiguous()
     _kernel.run(
-        # flat aliases that are not autograd views: compiled graphs then do not depend
-        # on (and are not recompiled for) the shape of the tensor they alias
-        target.view(-1).detach(),
-        x.reshape(-1).detach(),
+        flat_out,
+        flat_out if same else x.reshape(-1).detach(),
         torch.tensor(grid, dtype=_kernel.int_dtype(compute), device=dev),
         torch.tensor(seed, dtype=torch.int32, device=dev),
         rounding,

@@ -51,21 +51,19 @@ import os
 import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tomli_w
 
 from . import formats
 from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
 from .rounding import check_mode, check_overflow, check_rand_bits
+from .scaling import Scaling
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-if TYPE_CHECKING:
-    from .scaling import Scaling
 
 __all__ = ["POSITIONS", "TENSOR_CLASSES", "QuantSpec", "Recipe", "RecipeError"]
 
@@ -76,12 +74,6 @@ NONE = "none"  # the TOML spelling of "this class is not rounded"
 
 class RecipeError(ValueError):
     """A recipe (file or dict) is malformed; the message names the offending entry."""
-
-
-def _scaling_cls() -> type:
-    from .scaling import Scaling
-
-    return Scaling
 
 
 @dataclass(frozen=True)
@@ -107,11 +99,11 @@ class QuantSpec:
         check_mode(self.rounding)
         check_rand_bits(self.rand_bits, self.rounding)
         check_overflow(self.overflow, fmt.has_inf, fmt.has_nan, fmt.name)
-        if self.scaling is not None and not isinstance(self.scaling, _scaling_cls()):
+        if self.scaling is not None and not isinstance(self.scaling, Scaling):
             raise TypeError(f"scaling must be a lowprec.Scaling or None, got {self.scaling!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """TOML-ready table (defaults left out)."""
+        """TOML-ready table (``rand_bits``, ``overflow`` and ``scaling`` only when set)."""
         d: dict[str, Any] = {"format": _format_to_toml(self.format), "rounding": self.rounding}
         if self.scaling is not None:
             d["scaling"] = _scaling_to_dict(self.scaling)
@@ -202,12 +194,11 @@ def _scaling_to_dict(s: Scaling) -> dict[str, Any]:
 def _scaling_from_dict(d: Any) -> Scaling:
     if not isinstance(d, Mapping):
         raise RecipeError(f"scaling must be a table of lowprec.Scaling arguments, got {d!r}")
-    cls = _scaling_cls()
-    _check_keys(d, tuple(f.name for f in dataclasses.fields(cls) if f.init and f.compare))
+    _check_keys(d, tuple(f.name for f in dataclasses.fields(Scaling) if f.init and f.compare))
     kwargs = dict(d)
     if isinstance(d.get("scale_format"), Mapping):
         kwargs["scale_format"] = _format_from_toml(d["scale_format"])
-    return cls(**kwargs)
+    return Scaling(**kwargs)
 
 
 def _spec_from_dict(d: Mapping[str, Any]) -> QuantSpec:
@@ -217,9 +208,6 @@ def _spec_from_dict(d: Mapping[str, Any]) -> QuantSpec:
     if "scaling" in d:
         kwargs["scaling"] = _scaling_from_dict(d["scaling"])
     return QuantSpec(**kwargs)
-
-
-Overrides = Mapping[str, Mapping[str, SpecLike]]
 
 
 @dataclass(frozen=True)

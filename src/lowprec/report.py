@@ -24,7 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .experiment import CONFIG, STATUS, read_json, read_metrics, write_text
+from .experiment import CONFIG, STATUS, atomic_write, read_json, read_metrics, write_text
 from .recipes import STUDY as STUDY_RECIPES
 
 __all__ = ["CLOSE_PTS", "INADEQUATE_PTS", "Run", "claims", "load_runs", "write_report"]
@@ -301,10 +301,11 @@ def _telemetry_text(rates: dict[str, dict[str, dict[str, float]]]) -> list[str]:
 
 
 def _save(fig: Figure, folder: Path, stem: str) -> str:
+    """Write ``stem``.png and ``stem``.svg atomically; returns the PNG's name."""
     FigureCanvasAgg(fig)
     fig.tight_layout()
     for ext in ("png", "svg"):
-        fig.savefig(folder / f"{stem}.{ext}", dpi=120)
+        atomic_write(folder / f"{stem}.{ext}", lambda fh, e=ext: fig.savefig(fh, format=e, dpi=120))
     return f"{stem}.png"
 
 

@@ -8,7 +8,7 @@ code, parameter objects or ``state_dict`` keys; ``wrap_optimizer(opt)`` hooks
 ``y = f(x; θ)`` (``θ``: its own parameters, weight and bias) a training step is::
 
     forward    θ ← Q_weight(θ)   in place, before the layer runs (forward-pre-hook)
-               ŷ = Q_activation(f(x; θ))   in place on the layer output (forward hook)
+               ŷ = Q_activation(f(x; θ))   returned instead of the output (forward hook)
     backward   ĝ = Q_error(∂L/∂ŷ); the layer's own backward then uses ĝ for both
                ∂L/∂x = J_x^T ĝ  and  ∂L/∂θ = J_θ^T ĝ
     step       G = Q_weight_grad(∂L/∂θ)   (p.grad, before the optimizer; step-pre-hook)
@@ -30,23 +30,30 @@ attached to the same parameter), using the gradient taken at ``w``::
 
     m ← Q_update(step(m, G)),  w ← Q_weight(m)
 
-``state_dict`` then reports ``m`` under the usual keys, and ``load_state_dict`` sets
-``m`` and recomputes ``w``. Move the model to its device before :func:`prepare`.
+``state_dict`` then reports ``m`` under the usual keys; a working copy changed from
+outside (``load_state_dict``, an unwrapped optimizer, an in-place edit) is taken as the
+new ``m`` and rounded again. Move the model to its device before :func:`prepare`.
 
 A layer whose input values and errors are all powers of two (``pot7``: activations of
 the previous layer, after ReLU / max-pool, and errors are ``0`` or ``±2**e``) needs no
 multiplier: each product ``x_i w_ij = ±ldexp(w_ij, log2|x_i|)`` is an exponent shift of
 the other operand, exactly (forward ``x·w``, backward ``ĝ·w`` and ``ĝ·x``), barring
-over/underflow of float32. An average pool between two layers breaks this (it divides).
+over/underflow of float32. An average pool between two layers breaks this (it divides by
+the window size), and the ``pot7`` preset keeps the last layer's output (the logits) fp32.
+Rounding applies in evaluation too: a prepared model computes in the recipe's arithmetic
+(stochastic modes included) until :func:`unprepare`.
 
 Stochastic rounding draws its seeds from one CPU ``torch.Generator`` per prepared model,
 seeded with ``seed``: the kernel hashes ``(seed, element index)`` on the tensor's own
 device, so a CPU generator serves every device without a device sync per rounding and a
 run is reproducible (same model, data and order of calls). Telemetry: every rounding in
-a recorded training pass (every ``telemetry_every``-th forward in training mode; ``0``:
-never) adds a :class:`~lowprec.telemetry.QuantInfo` to the model's
-:class:`~lowprec.telemetry.TelemetryLog` under ``"<layer>.<class>"`` (optimizer state:
-``"<layer>.update.<state name>"``); :func:`telemetry` returns its summary.
+a recorded training pass (every ``telemetry_every``-th forward in training mode, and the
+optimizer step after it; ``0``: never) adds a :class:`~lowprec.telemetry.QuantInfo` to the
+model's :class:`~lowprec.telemetry.TelemetryLog` under ``"<layer>.<class>"`` (a layer's
+weight and bias pool together; optimizer state: ``"<layer>.update.<state name>"``);
+:func:`telemetry` returns its summary. Measuring costs a few float64 passes over each
+rounded tensor, several times the rounding itself: large models want ``telemetry_every``
+of 10 or more.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import recipes
 from .quantize import quantize
 from .recipe import POSITIONS, QuantSpec, Recipe
 from .telemetry import TelemetryLog
@@ -177,12 +185,21 @@ class _Layer:
             p.detach().copy_(w(self.masters[name]))
         else:
             w.inplace(p.detach())
-            self.clean[name] = (p._version, p.data_ptr())
+        self.clean[name] = (p._version, p.data_ptr())
 
-    def forward_pre_hook(self, module: nn.Module, args: Any) -> None:
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Round the parameters changed since they were last rounded. With master weights a
+        working copy changed from outside (``load_state_dict``, an unwrapped optimizer)
+        becomes the new master."""
         for n, p in self.params():
             if self.clean.get(n) != (p._version, p.data_ptr()):
+                if n in self.masters:
+                    self.masters[n].copy_(p.detach())
                 self.round_weight(n, p)
+
+    def forward_pre_hook(self, module: nn.Module, args: Any) -> None:
+        self.sync()
 
     def forward_hook(self, module: nn.Module, args: Any, out: Any) -> torch.Tensor:
         if not isinstance(out, torch.Tensor):
@@ -217,21 +234,11 @@ class _Layer:
     def state_dict_hook(self, module: nn.Module, sd: dict[str, Any], prefix: str,
                         meta: Any) -> None:
         for n, m in self.masters.items():
-            sd[prefix + n] = m.clone()
-
-    def load_pre_hook(self, module: nn.Module, sd: dict[str, Any], prefix: str,
-                      *args: Any) -> None:
-        for n, m in self.masters.items():
-            v = sd.get(prefix + n)
-            if isinstance(v, torch.Tensor) and v.shape == m.shape:
-                with torch.no_grad():
-                    m.copy_(v)
+            sd[prefix + n] = m  # shares storage, as state_dict does with parameters
 
     def load_post_hook(self, module: nn.Module, incompatible: Any) -> None:
-        self.bind()
-        for n, p in self.params():
-            if n in self.masters:
-                self.round_weight(n, p)
+        self.bind()  # load_state_dict(assign=True) brings new parameter objects
+        self.sync()
 
 
 class _RoundOutput(torch.autograd.Function):
@@ -251,6 +258,13 @@ class _RoundOutput(torch.autograd.Function):
         if ctx.err is not None:
             g = ctx.err(g, ctx.record)  # a new tensor: g may be shared
         return g, None, None, None
+
+
+def _as_recipe(recipe: Recipe | str) -> Recipe:
+    recipe = recipes.get(recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a lowprec.Recipe or preset name, got {recipe!r}")
+    return recipe
 
 
 def _run(model: nn.Module) -> _Run:
@@ -273,16 +287,10 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
     Returns ``model`` itself. Raises ``ValueError`` if it is already prepared, has no
     layer of a registered type, or an override glob matches no such layer.
     """
-    if isinstance(recipe, str):
-        from . import recipes
-
-        recipe = recipes.get(recipe)
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"recipe must be a lowprec.Recipe or preset name, got {recipe!r}")
+    recipe = _as_recipe(recipe)
     if _ATTR in model.__dict__:
         raise ValueError("model is already prepared: call lowprec.unprepare(model) first")
-    if isinstance(telemetry_every, bool) or not isinstance(telemetry_every, int) \
-            or telemetry_every < 0:
+    if type(telemetry_every) is not int or telemetry_every < 0:
         raise ValueError(f"telemetry_every must be an int >= 0, got {telemetry_every!r}")
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, tuple(_LAYER_TYPES))]
     if not found:
@@ -298,7 +306,7 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
         specs = recipe.for_layer(name, at)
         if any(s is not None for s in specs.values()):
             run.layers.append(_attach(name or "model", module, specs, run))
-    run.handles.append(model.register_forward_pre_hook(run.begin_pass))
+    run.handles.append(model.register_forward_pre_hook(run.begin_pass, prepend=True))
     model.__dict__[_ATTR] = run
     return model
 
@@ -312,17 +320,15 @@ def _attach(name: str, module: nn.Module, specs: dict[str, QuantSpec | None],
         if master:
             layer.masters[n] = p.detach().clone()
         layer.round_weight(n, p)
-    hooks = []
-    if specs["weight"] is not None and not master:
+    hooks = [module.register_load_state_dict_post_hook(layer.load_post_hook)]
+    if specs["weight"] is not None:
         hooks.append(module.register_forward_pre_hook(layer.forward_pre_hook))
     if specs["activation"] is not None or specs["error"] is not None:
         hooks.append(module.register_forward_hook(layer.forward_hook))
     if master:
         # partial: torch tags state_dict hooks with an attribute, which bound methods refuse
-        hooks += [module.register_state_dict_post_hook(functools.partial(_Layer.state_dict_hook,
-                                                                         layer)),
-                  module.register_load_state_dict_pre_hook(layer.load_pre_hook),
-                  module.register_load_state_dict_post_hook(layer.load_post_hook)]
+        hook = functools.partial(_Layer.state_dict_hook, layer)
+        hooks.append(module.register_state_dict_post_hook(hook))
     run.handles += hooks
     return layer
 
@@ -372,12 +378,8 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer,
     """
     if getattr(optimizer, "_lowprec_wrapped", False):
         raise ValueError("optimizer is already wrapped")
-    if isinstance(recipe, str):
-        from . import recipes
-
-        recipe = recipes.get(recipe)
-    owned = list(_owned(optimizer))
-    if recipe is not None and any(layer.run.recipe != recipe for layer, _, _ in owned):
+    expected = None if recipe is None else _as_recipe(recipe)
+    if expected is not None and any(lay.run.recipe != expected for lay, *_ in _owned(optimizer)):
         raise ValueError("wrap_optimizer: the recipe differs from the one the model was "
                          "prepared with")
 
