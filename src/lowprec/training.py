@@ -130,20 +130,22 @@ class _Rounder:
         self.spec, self.key, self.run = spec, key, run
         self.scaling = None if spec.scaling is None else spec.scaling.stateful()
 
-    def __call__(self, x: torch.Tensor, record: bool | None = None) -> torch.Tensor:
-        """``Q(x)``, a new tensor; telemetry is recorded if ``record`` (default: the pass's)."""
+    def __call__(self, x: torch.Tensor, record: bool | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """``Q(x)`` into ``out`` (may be ``x``) or a new tensor; telemetry is recorded if
+        ``record`` (default: if this pass is recorded)."""
         s, run = self.spec, self.run
         record = run.recording if record is None else record
         y = quantize(x, s.format, s.rounding, generator=run.generator, rand_bits=s.rand_bits,
-                     overflow=s.overflow, scaling=self.scaling, return_info=record)
+                     overflow=s.overflow, scaling=self.scaling, out=out, return_info=record)
         if record:
             y, info = y
             run.log.update(self.key, info)
         return y
 
     def inplace(self, t: torch.Tensor) -> None:
-        """``t ← Q(t)`` (through a new tensor: the compiled kernel must not alias)."""
-        t.copy_(self(t))
+        """``t ← Q(t)``."""
+        self(t, out=t)
 
 
 class _Layer:
