@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowprec as lp
+import lowprec.training
 from lowprec.data import load_dataset
 from lowprec.models import build_model
 
@@ -376,3 +377,34 @@ def test_short_digits_run_shows_the_study_ordering(digits: lp.data.Dataset) -> N
     assert acc < 0.6
     assert early["conv1.error"]["underflow"] > 0.7 and early["conv2.error"]["underflow"] > 0.7
     assert early["fc.activation"]["overflow"] < 0.1 < late["fc.activation"]["overflow_last"]
+
+
+def _pot7_weights_after_steps(pack: bool | None, recipe: lp.Recipe | str = "pot7") -> tuple:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 8 * 8, 10))
+    lp.prepare(model, recipe, seed=0, pack=pack)
+    opt = lp.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        x = torch.randn(16, 1, 8, 8, generator=g)
+        y = torch.randint(0, 10, (16,), generator=g)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hook = lowprec.training._run(model).pack_hook
+    return [p.detach().clone() for p in model.parameters()], hook and hook.packed
+
+
+def test_prepare_pack_is_bit_identical_and_read_from_the_recipe():
+    """pack=True (argument or recipe field) stores saved tensors as codes, exactly."""
+    plain, n_plain = _pot7_weights_after_steps(pack=False)
+    packed, n_packed = _pot7_weights_after_steps(pack=True)
+    packing_recipe = lp.recipes.get("pot7").replace(pack=True)
+    from_recipe, n_recipe = _pot7_weights_after_steps(None, packing_recipe)
+    assert not n_plain and n_packed > 0 and n_recipe == n_packed  # pot7 activations packed
+    for a, b, c in zip(plain, packed, from_recipe, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    text = lp.recipes.get("pot7").replace(pack=True).to_toml()
+    assert lp.Recipe.from_toml(text).pack is True

@@ -30,6 +30,7 @@ file is data, never executed::
     name = "fp12_sr"
     description = "..."
     master_weights = false          # optional
+    pack = false                    # optional: store saved activations as packed codes
     [weight]                        # a class omitted (or "none") is fp32
     format = "fp12"                 # a preset name, or a table, see below
     rounding = "stochastic"         # optional: rand_bits, overflow
@@ -224,6 +225,7 @@ class Recipe:
     weight_grad: QuantSpec | None = None
     update: QuantSpec | None = None
     master_weights: bool = False
+    pack: bool = False
     overrides: Mapping[str, Mapping[str, QuantSpec | None]] = field(default_factory=dict)
     name: str = ""
     description: str = ""
@@ -231,8 +233,9 @@ class Recipe:
     def __post_init__(self) -> None:
         for cls in TENSOR_CLASSES:
             object.__setattr__(self, cls, as_spec(getattr(self, cls), cls))
-        if not isinstance(self.master_weights, bool):
-            raise RecipeError(f"master_weights must be true or false, got {self.master_weights!r}")
+        for flag in ("master_weights", "pack"):
+            if not isinstance(getattr(self, flag), bool):
+                raise RecipeError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         for key in ("name", "description"):
             if not isinstance(getattr(self, key), str):
                 raise RecipeError(f"{key} must be a string, got {getattr(self, key)!r}")
@@ -273,7 +276,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """A TOML-ready dict (``None`` classes left out, or ``"none"`` in overrides)."""
         d: dict[str, Any] = {"name": self.name, "description": self.description,
-                             "master_weights": self.master_weights}
+                             "master_weights": self.master_weights, "pack": self.pack}
         d.update({c: s.to_dict() for c, s in self.specs().items() if s is not None})
         if self.overrides:
             d["overrides"] = {
@@ -288,7 +291,7 @@ class Recipe:
         try:
             if not isinstance(d, Mapping):
                 raise RecipeError(f"expected a table, got {type(d).__name__}")
-            _check_keys(d, (*TENSOR_CLASSES, "master_weights", "overrides", "name",
+            _check_keys(d, (*TENSOR_CLASSES, "master_weights", "pack", "overrides", "name",
                             "description"))
             return cls(**d)
         except RecipeError as exc:

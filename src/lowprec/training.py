@@ -116,6 +116,7 @@ class _Run:
         self.recording = False
         self.layers: list[_Layer] = []
         self.handles: list[Any] = []
+        self.pack_hook: Any = None  # a packing.PackHook when saved tensors are packed
 
     def begin_pass(self, module: nn.Module, args: Any) -> None:
         """Root forward-pre-hook: decide whether this training pass is recorded."""
@@ -277,7 +278,7 @@ def _run(model: nn.Module) -> _Run:
 
 
 def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
-            telemetry_every: int = 1) -> nn.Module:
+            telemetry_every: int = 1, pack: bool | None = None) -> nn.Module:
     """Quantize every layer of a registered type in ``model`` as ``recipe`` says.
 
     Args:
@@ -285,6 +286,8 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
         recipe: a :class:`~lowprec.Recipe` or a preset name (:func:`lowprec.recipes.names`).
         seed: seeds the model's generator for stochastic rounding.
         telemetry_every: record telemetry every N-th training forward pass (0: never).
+        pack: store the tensors autograd saves for backward as their format's packed
+            integer codes (:class:`~lowprec.packing.PackHook`; exact); default: ``recipe.pack``.
 
     Returns ``model`` itself. Raises ``ValueError`` if it is already prepared, has no
     layer of a registered type, or an override glob matches no such layer.
@@ -309,6 +312,11 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
         if any(s is not None for s in specs.values()):
             run.layers.append(_attach(name or "model", module, specs, run))
     run.handles.append(model.register_forward_pre_hook(run.begin_pass, prepend=True))
+    if recipe.pack if pack is None else pack:
+        from .packing import PackHook
+
+        run.pack_hook = PackHook(recipe)
+        run.handles += run.pack_hook.attach(model)
     model.__dict__[_ATTR] = run
     return model
 
