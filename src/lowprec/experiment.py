@@ -208,7 +208,11 @@ def resolve_config(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps({k: config[k] for k in IDENTITY}))
+    """The settings that decide a run's numbers; the recipe as the current schema reads it
+    (so a field added later with its default does not make an old run look different)."""
+    ident = json.loads(json.dumps({k: config[k] for k in IDENTITY}))
+    ident["recipe"] = Recipe.from_dict(ident["recipe"], "config.json").to_dict()
+    return ident
 
 
 def _check_or_write_config(folder: Path, config: dict[str, Any]) -> None:
