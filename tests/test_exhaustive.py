@@ -375,15 +375,19 @@ def test_wide_formats_sampled(name: str) -> None:
     fmt = WIDE_FORMATS[name]
     spec = spec_of(fmt)
     assert fmt.max == float(max_ref(spec)) and fmt.min_subnormal == float(min_subnormal_ref(spec))
-    xs = _wide_points(spec, 4000, seed=len(name))
+    _check_deterministic_modes(fmt, spec, _wide_points(spec, 4000, seed=len(name)))
+
+
+
+def _check_deterministic_modes(fmt, spec, xs) -> None:
+    """quantize == the exact reference at the float64 points ``xs``, every mode and overflow."""
     x = torch.tensor(xs, dtype=torch.float64)
     for ov in _overflows(spec):
         rows = [round_ref_modes(v, spec, ov) for v in xs]
         for mode in DETERMINISTIC_MODES:
             got = _quantize(x, fmt, mode, ov)
             n, ex = mismatches_np(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
-            assert n == 0, f"{name} {mode} overflow={ov}: {n} wrong (x, got, want): {ex}"
-
+            assert n == 0, f"{fmt!r} {mode} overflow={ov}: {n} wrong (x, got, want): {ex}"
 
 # --------------------------------------------------------------------------------------
 # random format parameters (hypothesis)
@@ -442,11 +446,4 @@ def test_random_formats(fmt: Any, picks: list[int], fracs: list[float]) -> None:
     spec = spec_of(fmt)
     assert [Fraction(v) for v in fmt.values().tolist()] == list(values_ref(spec))
     assert fmt.max == float(max_ref(spec))
-    xs = _hyp_points(spec, picks, fracs)
-    x = torch.tensor(xs, dtype=torch.float64)
-    for ov in _overflows(spec):
-        rows = [round_ref_modes(v, spec, ov) for v in xs]
-        for mode in DETERMINISTIC_MODES:
-            got = _quantize(x, fmt, mode, ov)
-            n, ex = mismatches_np(xs, got, [r[mode] for r in rows], signed_zero=_signed_zero(spec))
-            assert n == 0, f"{fmt!r} {mode} overflow={ov}: (x, got, want) {ex}"
+    _check_deterministic_modes(fmt, spec, _hyp_points(spec, picks, fracs))
