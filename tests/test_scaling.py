@@ -481,3 +481,23 @@ def test_axis_out_of_range() -> None:
             lp.quantize(torch.ones(2, 3), "fp8_e4m3", scaling=lp.Scaling(g, axis=2))
     with pytest.raises(ValueError, match="out has shape"):
         lp.quantize(torch.ones(2, 3), "mxfp8_e4m3", out=torch.empty(3))
+
+
+@pytest.mark.parametrize("name", ["fxp12", "fp12", "pot7", "fp8_e4m3", "fp4_e2m1"])
+@pytest.mark.parametrize("mode", ["nearest", "toward_zero", "up", "stochastic"])
+def test_per_tensor_scaling_equals_explicit_scale_round_unscale(name, mode):
+    """Per-tensor pow2 scaling rounds onto the shifted format in one pass; it must equal
+    the definition ``round(x * 2**-X) * 2**X`` done step by step in float64."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4096, generator=g) * 1e-5
+    x[:3] = torch.tensor([0.0, -0.0, 2.5e-4])
+    s = lp.Scaling(granularity="tensor")
+    y, info = lp.quantize(x, name, mode, scaling=s, return_info=True,
+                          generator=torch.Generator().manual_seed(7))
+    scale = float(info.scales)
+    assert scale == 2.0 ** round(math.log2(scale))
+    x64 = x.double() / scale  # exact: a power of two
+    want = lp.quantize(x64, name, mode, overflow="saturate",
+                       generator=torch.Generator().manual_seed(7)) * scale
+    assert torch.equal(y.double(), want)
+    assert torch.equal(torch.signbit(y), torch.signbit(want))

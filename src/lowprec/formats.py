@@ -165,6 +165,10 @@ class Format:
         v = v[torch.isfinite(v)]
         return torch.unique(v + 0.0)  # sorted; -0 + 0 = +0, so zero appears once, positive
 
+    def scaled_by(self, x: int) -> Format:
+        """The same format with every value multiplied by ``2**x`` (same codes)."""
+        raise NotImplementedError(f"{self.name} cannot be shifted by a power of two")
+
     def _check_encodable(self, y: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         if y.dtype.is_floating_point is False:
             raise TypeError(f"encode expects a floating-point tensor, got {y.dtype}")
@@ -234,6 +238,9 @@ class FixedPoint(Format):
     @property
     def name(self) -> str:
         return f"FixedPoint(wl={self.wl}, fl={self.fl})"
+
+    def scaled_by(self, x: int) -> FixedPoint:
+        return FixedPoint(self.wl, self.fl - x)
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
         k = torch.round(torch.ldexp(y.to(torch.float64), torch.tensor(float(self.fl))))
@@ -349,6 +356,9 @@ class FloatingPoint(Format):
     def code_bias(self) -> int:
         return self._bias
 
+    def scaled_by(self, x: int) -> FloatingPoint:
+        return FloatingPoint(self.exp, self.man, self._bias - x, self.subnormals, self.specials)
+
     @property
     def name(self) -> str:
         extra = ""
@@ -428,6 +438,9 @@ class PowerOfTwo(FloatingPoint):
     @property
     def exp_bits(self) -> int:
         return self.exp
+
+    def scaled_by(self, x: int) -> PowerOfTwo:
+        return PowerOfTwo(self.exp_bits, self.emax + x)
 
     def __repr__(self) -> str:
         return self.name

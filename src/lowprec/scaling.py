@@ -377,6 +377,23 @@ def scaled_round(
         y = x.to(dtype, copy=True)
         if return_info:
             info = _info(x, y, fmt, None, None)
+    elif scaling.granularity == "tensor" and scaling.pow2 and scaling.nan_policy == "local":
+        # one scale for the tensor: round(x / 2**X) * 2**X is rounding x onto the format
+        # shifted by 2**X (same codes, bias/fraction bits moved), exactly: one amax pass
+        # and one rounding pass instead of four
+        amax = _amax(x.detach(), None, scaling.nan_policy)[0].reshape(())
+        if scaling.state is not None:
+            amax = scaling.state.step(amax)
+        exp = _pow2_exponent(amax, fmt, scaling)
+        shifted = fmt.scaled_by(int(exp))
+        y = round_to_format(x, shifted, rounding, generator=generator, rand_bits=rand_bits,
+                            overflow="saturate" if overflow is None else overflow,
+                            out=None if return_info else out)
+        sc = torch.ldexp(torch.ones((), dtype=torch.float64, device=x.device), exp)
+        if return_info:
+            info = _info(x, y, fmt, sc, sc)
+            return (y if out is None else out.copy_(y)), info
+        return y, info
     else:
         compute = _compute_dtype(x, fmt, rounding, scaling.pow2)
         xs, dims, back, compact = _view(x.detach().to(compute), scaling)
