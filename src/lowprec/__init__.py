@@ -7,10 +7,10 @@ how a value picks its neighbour (:mod:`lowprec.rounding`), and
 
 from . import formats, recipes, rounding
 from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from .quantinfo import QuantInfo, TelemetryLog
 from .quantize import quantize
 from .recipe import QuantSpec, Recipe, RecipeError
 from .scaling import ScaledFormat, ScaleState, Scaling
-from .telemetry import QuantInfo, TelemetryLog
 from .training import prepare, register_layer, telemetry, unprepare, wrap_optimizer
 
 __version__ = "0.1.0"

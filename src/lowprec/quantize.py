@@ -124,7 +124,7 @@ def quantize(
         scaling: a :class:`~lowprec.scaling.Scaling` mapping the tensor's range onto
             the format before rounding (and back after).
         out: tensor to write into (may be ``x`` itself); its dtype may differ from x's.
-        return_info: also return a :class:`~lowprec.telemetry.QuantInfo`.
+        return_info: also return a :class:`~lowprec.quantinfo.QuantInfo`.
     """
     fmt = get(fmt) if isinstance(fmt, str) else fmt
     if not isinstance(fmt, Format):
@@ -146,7 +146,7 @@ def quantize(
         x_in = x.clone() if return_info and in_place else x
         y = round_to_format(x, fmt, rounding, **kwargs)
         if return_info:
-            from .telemetry import QuantInfo
+            from .quantinfo import QuantInfo
 
             info = QuantInfo.measure(x_in, y, fmt)
     return (y, info) if return_info else y

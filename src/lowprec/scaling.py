@@ -53,8 +53,8 @@ import torch.nn.functional as F
 
 from . import formats
 from .formats import FixedPoint, Format, _require_int
+from .quantinfo import QuantInfo
 from .quantize import round_to_format
-from .telemetry import QuantInfo
 
 __all__ = ["Scaling", "ScaleState", "ScaledFormat", "scaled_round"]
 

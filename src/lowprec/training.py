@@ -48,8 +48,8 @@ seeded with ``seed``: the kernel hashes ``(seed, element index)`` on the tensor'
 device, so a CPU generator serves every device without a device sync per rounding and a
 run is reproducible (same model, data and order of calls). Telemetry: every rounding in
 a recorded training pass (every ``telemetry_every``-th forward in training mode, and the
-optimizer step after it; ``0``: never) adds a :class:`~lowprec.telemetry.QuantInfo` to the
-model's :class:`~lowprec.telemetry.TelemetryLog` under ``"<layer>.<class>"`` (a layer's
+optimizer step after it; ``0``: never) adds a :class:`~lowprec.quantinfo.QuantInfo` to the
+model's :class:`~lowprec.quantinfo.TelemetryLog` under ``"<layer>.<class>"`` (a layer's
 weight and bias pool together; optimizer state: ``"<layer>.update.<state name>"``);
 :func:`telemetry` returns its summary. Measuring costs a few float64 passes over each
 rounded tensor, several times the rounding itself: large models want ``telemetry_every``
@@ -68,9 +68,9 @@ import torch
 from torch import nn
 
 from . import recipes
+from .quantinfo import TelemetryLog
 from .quantize import quantize
 from .recipe import POSITIONS, QuantSpec, Recipe
-from .telemetry import TelemetryLog
 
 __all__ = [
     "layer_types",
