@@ -79,7 +79,7 @@ def main() -> None:
     cases = [("tensor", lp.Scaling()), ("channel", lp.Scaling("channel", axis=0)),
              ("block32", lp.Scaling("block", block=32))]
     print(f"{'scaled':10s} {'mode':13s} {'scaling':8s} {'Gelem/s':>8s} {'x unscaled':>10s}")
-    for name in args.scaled.split(","):
+    for name in filter(None, args.scaled.split(",")):  # --scaled "" skips them
         for mode in args.scaled_modes.split(","):
             t0 = timed(lambda f=name, m=mode: lp.quantize(x2, f, m, generator=g, out=out2))
             for label, s in cases:

@@ -120,15 +120,15 @@ def round_kernel(
     d = d_true.clamp(min=0, max=dmax)
     f = s >> d
     rem = s - (f << d)
-    half = (torch.ones_like(d) << d) >> 1
+    one_d = torch.ones_like(d) << d  # 2**d: rem / 2**d is the fraction of a spacing
     inexact = rem != 0
     # is the lower neighbour's code odd? (man == 0: the code's last bit is the exponent's)
     odd = ((f != 0) & (((k + code_bias) & 1) == 1)) if parity_from_exponent else (f & 1) == 1
 
-    if mode == "nearest":
-        up = (rem > half) | ((rem == half) & inexact & odd)
+    if mode == "nearest":  # 2 rem > 2**d, or a tie (2 rem == 2**d, d >= 1) and f odd
+        up = ((rem << 1) | odd.to(ity)) > one_d
     elif mode == "nearest_away":
-        up = (rem >= half) & inexact
+        up = (rem << 1) >= one_d
     elif mode == "toward_zero":
         up = torch.zeros_like(inexact)
     elif mode == "up":
