@@ -355,15 +355,10 @@ class _Session:
         return cls(spec, dataset, model, opt, torch.Generator().manual_seed(spec.seed), solver,
                    [g["lr"] for g in opt.param_groups], steps, steps * epochs)
 
-    # The stochastic-rounding generator and the telemetry pass counter live in
-    # lowprec.training's per-model state, which has no public accessor yet.
-    def _run_state(self) -> Any:
-        return training._run(self.model)
-
     def state_dict(self) -> dict[str, Any]:
-        run = self._run_state()
+        rounding = training.rounding_state(self.model)
         rng = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state(),
-               "sr": run.generator.get_state(), "passes": run.passes}
+               "sr": rounding["generator"], "passes": rounding["passes"]}
         if torch.device(self.spec.device).type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.spec.device)
         params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
@@ -386,11 +381,10 @@ class _Session:
             self.model(torch.zeros(1, *self.dataset.input_shape, device=self.spec.device))
             for name, p in self.model.named_parameters():
                 p.data.copy_(state["params"][name])
-        rng, run = state["rng"], self._run_state()
+        rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         self.data_gen.set_state(rng["data"])
-        run.generator.set_state(rng["sr"])
-        run.passes = int(rng["passes"])
+        training.load_rounding_state(self.model, {"generator": rng["sr"], "passes": rng["passes"]})
         if "cuda" in rng and torch.device(self.spec.device).type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.spec.device)
 

@@ -74,8 +74,10 @@ from .recipe import POSITIONS, QuantSpec, Recipe
 
 __all__ = [
     "layer_types",
+    "load_rounding_state",
     "prepare",
     "register_layer",
+    "rounding_state",
     "telemetry",
     "unprepare",
     "wrap_optimizer",
@@ -356,6 +358,20 @@ def unprepare(model: nn.Module) -> nn.Module:
             _OWNERS.pop(i, None)
     del model.__dict__[_ATTR]
     return model
+
+
+def rounding_state(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint needs to continue a prepared model's roundings bit for bit: the
+    stochastic-rounding generator's state and the training-pass counter (telemetry)."""
+    run = _run(model)
+    return {"generator": run.generator.get_state(), "passes": run.passes}
+
+
+def load_rounding_state(model: nn.Module, state: dict[str, Any]) -> None:
+    """Restore :func:`rounding_state`."""
+    run = _run(model)
+    run.generator.set_state(state["generator"])
+    run.passes = int(state["passes"])
 
 
 def telemetry(model: nn.Module, reset: bool = False) -> dict[str, dict[str, float]]:
