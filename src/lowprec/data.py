@@ -204,21 +204,28 @@ def _is_cifar_folder(path: Path) -> bool:
     return (path / CIFAR10_TRAIN_BATCHES[0]).is_file()
 
 
-def _cifar_candidates(data_dir: str | os.PathLike[str] | None) -> list[tuple[Path, str]]:
+def _candidates(data_dir: str | os.PathLike[str] | None, folder: str, own_env: str,
+                extra: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Where to look for a data set's ``folder``, in order, with how each was found:
+    ``data_dir`` (the folder itself or its parent), ``$LOWPREC_DATA_DIR/<folder>``,
+    ``$<own_env>`` (the folder itself), the cache, then ``extra``."""
     cands: list[tuple[Path, str]] = []
     if data_dir is not None:
         d = Path(data_dir).expanduser()
-        cands += [(d, "data_dir argument"), (d / CIFAR10_FOLDER, "data_dir argument")]
+        cands += [(d, "data_dir argument"), (d / folder, "data_dir argument")]
     env = os.environ.get("LOWPREC_DATA_DIR")
     if env:
-        cands.append((Path(env).expanduser() / CIFAR10_FOLDER, "$LOWPREC_DATA_DIR"))
-    env = os.environ.get("CIFAR10_DIR")
+        cands.append((Path(env).expanduser() / folder, "$LOWPREC_DATA_DIR"))
+    env = os.environ.get(own_env)
     if env:
-        cands.append((Path(env).expanduser(), "$CIFAR10_DIR"))
-    cands.append((cache_dir() / CIFAR10_FOLDER, "cache"))
-    for dev in _dev_copy_dirs():
-        cands.append((dev / CIFAR10_FOLDER, "dev copy"))
-    return cands
+        cands.append((Path(env).expanduser(), f"${own_env}"))
+    cands.append((cache_dir() / folder, "cache"))
+    return cands + extra
+
+
+def _cifar_candidates(data_dir: str | os.PathLike[str] | None) -> list[tuple[Path, str]]:
+    dev = [(d / CIFAR10_FOLDER, "dev copy") for d in _dev_copy_dirs()]
+    return _candidates(data_dir, CIFAR10_FOLDER, "CIFAR10_DIR", dev)
 
 
 def _looks_like_dev_copy(folder: Path) -> bool:
@@ -252,20 +259,8 @@ def _find_idx_file(folder: Path, base: str) -> Path | None:
 
 
 def _fashion_candidates(data_dir: str | os.PathLike[str] | None) -> list[tuple[Path, str]]:
-    cands: list[tuple[Path, str]] = []
-    if data_dir is not None:
-        d = Path(data_dir).expanduser()
-        cands += [(d, "data_dir argument"), (d / FASHION_MNIST_FOLDER, "data_dir argument")]
-    env = os.environ.get("LOWPREC_DATA_DIR")
-    if env:
-        cands.append((Path(env).expanduser() / FASHION_MNIST_FOLDER, "$LOWPREC_DATA_DIR"))
-    env = os.environ.get("FASHION_MNIST_DIR")
-    if env:
-        cands.append((Path(env).expanduser(), "$FASHION_MNIST_DIR"))
-    cands.append((cache_dir() / FASHION_MNIST_FOLDER, "cache"))
-    for sys_dir in FASHION_MNIST_SYSTEM_DIRS:
-        cands.append((Path(sys_dir), "Debian package dataset-fashion-mnist"))
-    return cands
+    debian = [(Path(d), "Debian package dataset-fashion-mnist") for d in FASHION_MNIST_SYSTEM_DIRS]
+    return _candidates(data_dir, FASHION_MNIST_FOLDER, "FASHION_MNIST_DIR", debian)
 
 
 def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, str] | None:
