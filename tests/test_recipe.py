@@ -85,6 +85,18 @@ def test_custom_formats_and_scaling_round_trip() -> None:
     assert Recipe.from_toml(text) == r
 
 
+def test_grad_comm_round_trips_and_is_absent_by_default() -> None:
+    base = lp.recipes.get("fp12_sr")
+    assert base.grad_comm is None and "grad_comm" not in base.to_toml()  # files as before
+    r = base.replace(grad_comm=QuantSpec("fp8_e5m2", "stochastic", scaling=lp.Scaling("tensor")))
+    text = r.to_toml()
+    assert "[grad_comm]" in text and Recipe.from_toml(text) == r
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert Recipe.from_toml('grad_comm = "bf16"').grad_comm == QuantSpec("bf16")
+    with pytest.raises(RecipeError, match="grad_comm: scaling method 'history'"):
+        Recipe(grad_comm=QuantSpec("fp8_e4m3", scaling=lp.Scaling(method="history")))
+
+
 BAD_FILES = [
     ("weight = [", "not valid TOML"),
     ("wieght = 'fp12'", r"unknown key\(s\) \['wieght'\]; allowed: \['weight'"),
@@ -99,6 +111,7 @@ BAD_FILES = [
     ("[error]\nformat = 'fp12'\nscaling = {grain = 'tensor'}",
      r"error: unknown key\(s\) \['grain'\]"),
     ("master_weights = 'yes'", "master_weights must be true or false"),
+    ("[grad_comm]\nformat = 'fp13'", "grad_comm: unknown format 'fp13'"),
     ("[overrides.fc]\nactivation = 'nope'", r"overrides\['fc'\].activation: unknown format"),
 ]
 

@@ -205,6 +205,26 @@ def test_pow2_exponent_rules(rounding: str, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("rounding", ["floor", "ceil", "even"])
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp12", "fxp12"])
+def test_per_tensor_exponent_rules(rounding: str, fmt: str) -> None:
+    """Per-tensor scaling takes its exponent with scalar arithmetic: every tensor's
+    exponent against Fractions (amax on either sign, ties, zero, beyond the clamp)."""
+    f = lp.formats.get(fmt)
+    g = torch.Generator().manual_seed(3)
+    amaxes = torch.exp2(torch.rand(60, generator=g, dtype=torch.float64) * 80 - 40).float()
+    ties = [1.5, 0.75, 3.0, 1.0, 2.0, 0.5]
+    emax = math.frexp(f.max)[1] - 1
+    s = lp.Scaling(rounding=rounding, margin=-1 if rounding == "even" else 0)
+    for i, a in enumerate([*amaxes.tolist(), *(t * f.max for t in ties), 0.0, 2.0**-140]):
+        x = torch.tensor([0.25 * a, -a if i % 2 else a, 0.0])
+        _, info = lp.quantize(x, f, scaling=s, return_info=True)
+        want = -127 if a == 0 else min(max(
+            reference_exponent(Fraction(a), Fraction(f.max), emax, rounding) + s.margin, -127),
+            127)
+        assert math.log2(float(info.scales)) == want, (a, rounding)
+
+
+@pytest.mark.parametrize("rounding", ["floor", "ceil", "even"])
 def test_non_pow2_scale_format(rounding: str) -> None:
     """Scales rounded into E4M3 in the documented direction; elements exact given the scale."""
     e4m3 = lp.formats.get("fp8_e4m3")

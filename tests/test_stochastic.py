@@ -291,6 +291,21 @@ def test_stream_semantics() -> None:
     assert torch.equal(e.float(), a)
 
 
+def test_wide_index_stream_extends_the_narrow_one() -> None:
+    """Tensors of more than 2**31 elements count indices in int64 (``i_hi`` joins the hash);
+    below that the int32 count gives the same words, and ``i_hi`` changes them."""
+    from lowprec._kernel import _lowbias32, random_bits
+
+    seed = torch.tensor([123, -456, 0], dtype=torch.int32)
+    narrow = random_bits(5000, seed, torch.device("cpu"), wide=False)
+    assert torch.equal(random_bits(5000, seed, torch.device("cpu"), wide=True), narrow)
+    assert int(_lowbias32(torch.zeros((), dtype=torch.int32))) == 0
+    lo = torch.arange(10, dtype=torch.int32)
+    one = torch.ones((), dtype=torch.int32)
+    hi_one = _lowbias32(lo ^ seed[0] ^ _lowbias32(one)) ^ seed[1]  # indices 2**32 + lo
+    assert not torch.equal(hi_one, narrow[:10])
+
+
 # --------------------------------------------------------------------------------------
 # overflow, signs, out=
 # --------------------------------------------------------------------------------------

@@ -18,12 +18,18 @@ format's values are representable in the container by construction).
 Stochastic rounding draws its random bits from a counter-based hash of
 ``(element index, seed)`` inside the same pass, so one fused kernel reads the
 input once and writes the output once; the seed is drawn from a
-``torch.Generator`` per call. The hash is Chris Wellons' ``lowbias32``,
-applied twice; 32-bit products are formed from 16-bit halves so that no
-intermediate overflows int64 (no undefined behaviour in generated C++).
+``torch.Generator`` per call. The hash is Chris Wellons' ``lowbias32`` (an
+integer hash with low avalanche bias), once per element, on int32 lanes whose
+products wrap modulo 2**32.
 
-``round_kernel`` is plain torch; :func:`compiled` returns it fused by
-``torch.compile`` (C++/OpenMP on CPU, Triton on CUDA) when available.
+Speed: the kernel is compute-bound (about 30 integer vector operations per element
+for round-to-nearest), so what a format cannot need is left out of its compiled
+variant (:class:`Shape`: the flush of formats without subnormals, the sign-dependent
+limit of two's complement, 64-bit element counting), and the format's constants are
+precomputed once per format (:func:`grid_constants`).
+
+``round_kernel`` is plain torch; :func:`run` calls it fused by ``torch.compile``
+(C++/OpenMP on CPU, Triton on CUDA) when available, else eagerly (same bits).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -49,16 +56,27 @@ def _lowbias32(x: torch.Tensor) -> torch.Tensor:
     return x ^ _srl(x, 16)
 
 
-def random_bits(n: int, seed: torch.Tensor, device: torch.device) -> torch.Tensor:
+def random_bits(n: int, seed: torch.Tensor, device: torch.device, wide: bool) -> torch.Tensor:
     """32 uniform random bits per element ``0..n-1``, as int32 bit patterns.
 
-    ``seed`` holds int32 words ``[s0, s1, ...]``; the stream is
-    ``lowbias32(lowbias32(i_lo ^ s0) ^ s1 ^ i_hi)`` for element index ``i``.
+    ``seed`` holds int32 words ``[s0, s1]``; the stream is
+    ``lowbias32(i_lo ^ s0 ^ lowbias32(i_hi)) ^ s1`` for element index ``i``
+    (``lowbias32(0) = 0``; ``wide=False`` promises ``n <= 2**31``: then ``i_hi = 0`` and
+    ``i`` is counted in int32). One hash per element: a bijection of ``i_lo ^ s0``, so the
+    words of one 2**32-element block are distinct; ``s0`` is drawn anew for every call.
     """
+    if not wide:
+        idx = torch.arange(n, device=device, dtype=torch.int32)
+        return _lowbias32(idx ^ seed[0]) ^ seed[1]
     idx = torch.arange(n, device=device, dtype=torch.int64)
     lo = (idx & 0xFFFFFFFF).to(torch.int32)  # the same 32 bits, as int32
     hi = (idx >> 32).to(torch.int32)
-    return _lowbias32(_lowbias32(lo ^ seed[0]) ^ seed[1] ^ hi)
+    return _lowbias32(lo ^ seed[0] ^ _lowbias32(hi)) ^ seed[1]
+
+
+def rand_mask(rand_bits: int) -> int:
+    """The top ``rand_bits`` of 30 bits: the random bits stochastic rounding uses."""
+    return ((1 << rand_bits) - 1) << (30 - rand_bits)
 
 
 # container layout: (int dtype of the same width, stored mantissa bits, exponent bias)
@@ -78,101 +96,116 @@ def float_bits(values: tuple[float, ...], dtype: torch.dtype) -> list[int]:
     return torch.tensor(values, dtype=dtype).view(_LAYOUT[dtype][0]).tolist()
 
 
+class Shape(NamedTuple):
+    """What a compiled variant of the kernel fixes besides mode and overflow rule."""
+
+    parity_from_exponent: bool  # man == 0: a code's last bit is its exponent's
+    flush: bool  # no subnormals
+    symmetric: bool  # the largest negative magnitude equals the largest positive one
+    wide_index: bool  # more than 2**31 elements: count them in int64
+
+
+def grid_constants(fmt: Any, dtype: torch.dtype) -> tuple[int, ...]:
+    """The integers :func:`round_kernel` reads for format ``fmt`` in container ``dtype``.
+
+    ``[max(P - m, 0), qmin + P + bias, code_bias - bias - P, max_bits, max_negative_bits,
+    special_bits, flush + bias, flush + P + bias, kmin_bits, rand_mask]``: ``P``/``bias`` are the
+    container's, ``m``/``qmin``/``flush`` the format's grid (``Format.grid_*``), the
+    ``*_bits`` are bit patterns of the largest magnitudes, of what overflow gives under
+    ``overflow="inf"`` (inf or NaN) and of the smallest step ``2**kmin`` (``qmin``, or
+    ``flush`` without subnormals); the caller appends :func:`rand_mask`.
+    """
+    _, p, bias = _LAYOUT[dtype]
+    flush = fmt.grid_flush
+    kmin = max(fmt.grid_qmin, flush)  # flush: a format without subnormals
+    special = float("inf") if fmt.has_inf else float("nan")
+    limits = float_bits((fmt.max, fmt.max_negative, special, 2.0**kmin), dtype)
+    return (max(p - fmt.grid_man, 0), fmt.grid_qmin + p + bias, fmt.code_bias - bias - p,
+            *limits[:3], flush + bias, flush + p + bias, limits[3])
+
+
 def round_kernel(
     x: torch.Tensor,
     grid: torch.Tensor,
     seed: torch.Tensor,
     mode: str,
     overflow: str,
-    parity_from_exponent: bool,
+    shape: Shape,
 ) -> torch.Tensor:
     """Round a flat float32/float64 tensor ``x`` onto a format's grid.
 
-    ``grid`` holds, in the container's integer dtype, ``[m, qmin, code_bias,
-    max_bits, max_negative_bits, special_bits, flush]`` (bit patterns of the
-    largest magnitudes and of what overflow gives under ``overflow="inf"``, inf or
-    NaN; ``flush``: without subnormals, magnitudes below ``2**flush`` round to 0
-    or ``2**flush``); ``seed`` = int32 ``[s0, s1, rand_bits]`` for stochastic rounding.
-
-    The result is built on the bit pattern: for ``d <= P`` dropped bits,
-    ``u - rem + (up << d)`` is the rounded magnitude, the carry of ``up`` running
-    into the exponent field exactly when the significand overflows; when the
-    value is below half a spacing (``d > P``) the result is ``0`` or ``2**k``.
-    Work is done in int32 for float32 (it vectorises well) and int64 for float64.
+    ``grid`` holds :func:`grid_constants` and :func:`rand_mask` in the container's integer
+    dtype; ``seed`` two int32 hash words (stochastic rounding only). With ``u`` the magnitude's bit
+    pattern, ``ef`` its exponent field and ``efc = max(ef, 1)``, rounding drops
+    ``d = max(P - m, qmin + P + bias - efc)`` low bits of the significand
+    ``s = u - ((efc - 1) << P)`` (with its hidden bit). For ``d <= P`` the rounded
+    magnitude is ``u - rem + (up << d)``, the carry of ``up`` running into the exponent
+    field exactly when the significand overflows; for ``d > P`` the value is below the
+    smallest step and the result is ``0`` or ``2**kmin``. Work is done in int32 for
+    float32 (it vectorises well) and int64 for float64.
     """
-    ity, p, bias = _LAYOUT[x.dtype]
-    ebits = 8 if p == 23 else 11
-    dmax = 30 if p == 23 else 62  # beyond this f = 0 and rem = s: same decisions
+    ity, p, _ = _LAYOUT[x.dtype]
+    width = 8 * x.element_size()
     b = x.view(ity)
-    neg = b < 0
     u = b & torch.iinfo(ity).max
-    ef = u >> p
-    mant = u & ((1 << p) - 1)
-    special_in = ef == (1 << ebits) - 1
-    is_nan = special_in & (mant != 0)
-    is_inf = special_in & (mant == 0)
-    e = ef.clamp(min=1) - bias  # value exponent (subnormal containers: emin)
-    s = mant | ((ef > 0).to(ity) << p)
-    m, qmin, code_bias = grid[0], grid[1], grid[2]
-    k = torch.maximum(e - m, qmin)
-    k = torch.where(e < grid[6], grid[6], k)  # no subnormals: 0 or 2**emin below 2**emin
-    d_true = k - (e - p)
-    d = d_true.clamp(min=0, max=dmax)
+    inf = ((1 << (width - 1 - p)) - 1) << p  # the bit pattern of +inf
+    efc = (u >> p).clamp(min=1)
+    d_true = torch.maximum(grid[1] - efc, grid[0])
+    if shape.flush:  # below 2**flush the step is 2**flush
+        d_true = torch.where(efc < grid[6], grid[7] - efc, d_true)
+    d = d_true.clamp(max=width - 2)  # beyond this f = 0 and rem = s: the same decisions
+    s = u - ((efc - 1) << p)
     f = s >> d
     rem = s - (f << d)
-    one_d = torch.ones_like(d) << d  # 2**d: rem / 2**d is the fraction of a spacing
-    inexact = rem != 0
-    # is the lower neighbour's code odd? (man == 0: the code's last bit is the exponent's)
-    odd = ((f != 0) & (((k + code_bias) & 1) == 1)) if parity_from_exponent else (f & 1) == 1
-
+    if mode in ("nearest", "odd"):  # is the lower neighbour's code odd?
+        # man == 0: its last bit is the exponent's, k + code_bias (and code 0 is even)
+        odd = ((d + efc + grid[2]) & (f != 0).to(ity) if shape.parity_from_exponent else f) & 1
     if mode == "nearest":  # 2 rem > 2**d, or a tie (2 rem == 2**d, d >= 1) and f odd
-        up = ((rem << 1) | odd.to(ity)) > one_d
+        up = ((rem << 1) | odd) > (torch.ones_like(d) << d)
     elif mode == "nearest_away":
-        up = (rem << 1) >= one_d
+        up = (rem << 1) >= (torch.ones_like(d) << d)
     elif mode == "toward_zero":
-        up = torch.zeros_like(inexact)
+        up = torch.zeros_like(rem, dtype=torch.bool)
     elif mode == "up":
-        up = inexact & ~neg
+        up = (rem != 0) & (b >= 0)
     elif mode == "down":
-        up = inexact & neg
+        up = (rem != 0) & (b < 0)
     elif mode == "odd":
-        up = inexact & ~odd
+        up = (rem != 0) & (odd == 0)
     elif mode == "stochastic":
-        # the top rand_bits (<= 30) bits of the remainder, taken at its true position
-        # d_true (not the clamped d), plus as many random bits; the carry rounds up
-        rb = seed[2].to(ity)
-        top = torch.where(
-            d_true >= rb,
-            rem >> (d_true - rb).clamp(min=0, max=8 * x.element_size() - 1),
-            rem << (rb - d_true).clamp(min=0),
-        )
-        h = random_bits(x.numel(), seed, x.device)
-        r = ((h >> (32 - rb)) & ((1 << rb) - 1)).to(ity)
-        up = inexact & (top + r >= (torch.ones_like(r) << rb))
+        up = _stochastic_up(rem, d, d_true, seed, grid[9], shape.wide_index)
     else:  # pragma: no cover - validated by the caller
         raise ValueError(mode)
 
-    upi = up.to(ity)
-    # d > P means |x| < 2**k (then k > e >= the container's emin, so 2**k is normal)
-    res = torch.where(d > p, upi * ((k + bias) << p), u - rem + (upi << d))
-
-    limit = torch.where(neg, grid[4], grid[3])
-    over = res > limit
+    res = torch.where(d > p, torch.where(up, grid[8], 0), u - rem + (up.to(ity) << d))
+    limit = grid[3] if shape.symmetric else torch.where(b < 0, grid[4], grid[3])
+    over = res > limit  # also for inf and NaN inputs (res = u: no bits are dropped)
     if overflow == "saturate":
-        res = torch.where(over | is_inf, limit, res)
-    else:
-        if mode in ("nearest", "nearest_away", "stochastic"):
-            to_special = over
-        elif mode == "up":
-            to_special = over & ~neg
-        elif mode == "down":
-            to_special = over & neg
-        else:  # toward_zero, odd
-            to_special = torch.zeros_like(over)
         res = torch.where(over, limit, res)
-        res = torch.where(to_special | is_inf, grid[5], res)
-    res = res | (neg.to(ity) << (p + ebits))
-    return torch.where(is_nan, b, res).view(x.dtype)
+    elif mode in ("nearest", "nearest_away", "stochastic"):  # every overflow gives inf/NaN
+        res = torch.where(over, grid[5], res)
+    else:  # directed modes: overflow away from zero gives inf/NaN, toward zero the limit
+        is_inf = u == inf
+        away = over & (b >= 0) if mode == "up" else over & (b < 0) if mode == "down" else None
+        res = torch.where(over, limit, res)
+        res = torch.where(is_inf if away is None else away | is_inf, grid[5], res)
+    res = res | (b & torch.iinfo(ity).min)  # the sign
+    return torch.where(u > inf, b, res).view(x.dtype)  # NaN stays (payload and all)
+
+
+def _stochastic_up(rem: torch.Tensor, d: torch.Tensor, d_true: torch.Tensor,
+                   seed: torch.Tensor, mask: torch.Tensor, wide_index: bool) -> torch.Tensor:
+    """Round up with probability ``floor(q * 2**k) / 2**k``, ``q = rem / 2**d_true`` the
+    fraction of a step, ``k`` = ``rand_bits``: ``floor(q * 2**a) + r >= 2**a`` on the
+    top ``k`` of ``a`` bits (``a = W - 2``), ``r`` bits ``29 .. 30 - k`` of the hash."""
+    ity = rem.dtype
+    a = 8 * rem.element_size() - 2
+    # q * 2**a exactly: rem << (a - d) when d_true = d <= a, else rem >> (d_true - a)
+    top = (rem << (a - d)) >> (d_true - d).clamp(max=a + 1)
+    r = random_bits(rem.numel(), seed, rem.device, wide_index).to(ity) & mask
+    if a > 30:
+        r, mask = r << (a - 30), mask << (a - 30)
+    return (top & mask) + r >= (1 << a)
 
 
 def quantize_into(
@@ -182,7 +215,7 @@ def quantize_into(
     seed: torch.Tensor,
     mode: str,
     overflow: str,
-    parity_from_exponent: bool,
+    shape: Shape,
     compute: torch.dtype,
 ) -> None:
     """``out[:] = round(x)``: widen to ``compute``, round, narrow to ``out``'s dtype.
@@ -190,8 +223,7 @@ def quantize_into(
     Compiled, the three steps fuse into one pass that reads ``x`` and writes
     ``out`` (which may be ``x`` itself).
     """
-    y = round_kernel(x.to(compute), grid, seed, mode, overflow, parity_from_exponent)
-    out.copy_(y)
+    out.copy_(round_kernel(x.to(compute), grid, seed, mode, overflow, shape))
 
 
 _VARIANTS = 256

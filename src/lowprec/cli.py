@@ -4,9 +4,12 @@
 
     lowprec train --recipe pot7 --model cifar10_quick --dataset cifar10 --epochs 10 --out runs/
     lowprec train --recipe-file my.toml --dataset digits --epochs 5
+    torchrun --nproc_per_node 2 -m lowprec train --recipe fp12_sr --dataset digits --ddp
     lowprec reproduce --dataset cifar10 --out runs/study --seeds 0,1,2   # study recipes + report
     lowprec reproduce --quick            # digits + small_cnn: minutes on a CPU, no download
     lowprec report runs/study            # rebuild report.md from the saved runs
+    lowprec sweep sweep.toml --out runs/grid                # a grid of runs (lowprec.sweep)
+    lowprec sweep sweep.toml --out runs/grid --backend ray  # one Ray task per run
     lowprec cost --model cifar10_quick --recipe pot7   # modelled energy/memory (lowprec.cost)
     lowprec formats                      # format presets: bits and ranges
     lowprec recipes                      # recipe presets: one line each
@@ -15,6 +18,7 @@ Runs are resumable (rerun the same command) and skipped once finished, see
 :mod:`lowprec.experiment`. Data errors, bad recipe files, unknown names and unusable
 run folders end with a ``lowprec: error:`` line on stderr and exit status 2 (no
 traceback); a diverged ``train`` run exits with 1, an interrupted one with 130.
+A ``sweep`` with a diverged or failed run exits with 1, after running all the others.
 """
 
 from __future__ import annotations
@@ -22,19 +26,21 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import cost, formats, recipes
+from . import cost, distributed, formats, recipes
 from .data import DATASETS, DataError
 from .experiment import RunError, RunResult, RunSpec, load_data, train_run
 from .models import MODELS
 from .recipe import Recipe, RecipeError
 from .report import write_report
 from .scaling import ScaledFormat
+from .sweep import PROBLEMS, SUMMARY, RayOptions, Sweep, SweepError, run_sweep
 
 __all__ = ["QUICK", "build_parser", "main"]
 
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--recipe", choices=recipes.names(), help="a preset recipe")
     which.add_argument("--recipe-file", type=Path, help="a TOML recipe file")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--ddp", action="store_true",
+                       help="data-parallel over torchrun's processes: torchrun "
+                            "--nproc_per_node N -m lowprec train ... --ddp")
     train.set_defaults(func=_train, out="runs")
 
     repro = sub.add_parser("reproduce", parents=[run],
@@ -120,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", type=Path)
     report.set_defaults(func=_report)
 
+    _add_sweep(sub)
     cost.add_cost_subcommand(sub)
     sub.add_parser("formats", help="list format presets").set_defaults(func=_formats)
     sub.add_parser("recipes", help="list recipe presets").set_defaults(func=_recipes)
@@ -157,9 +167,12 @@ def _train(args: argparse.Namespace) -> int:
     _fill_defaults(args)
     recipe = _recipe(args)
     dataset = load_data(args.dataset, args.model, args.data_dir)
-    result = train_run(_spec(args, recipe, args.seed), args.out, dataset, quiet=args.quiet,
-                       max_epochs=args.max_epochs_this_call)
-    _say(result)
+    with distributed.launched(args.ddp, args.device) as world:
+        args.device = world.device
+        result = train_run(_spec(args, recipe, args.seed), args.out, dataset, quiet=args.quiet,
+                           max_epochs=args.max_epochs_this_call)
+    if world.main:
+        _say(result)
     return 1 if result.status == "diverged" else 0
 
 
@@ -185,6 +198,56 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     print(f"report: {write_report(args.folder)}")
     return 0
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="a grid of runs from a TOML sweep file (resumable)",
+                       description="Run every run of a sweep file (format: lowprec.sweep's "
+                                   "docstring, examples/sweep_fp_split.toml).")
+    p.add_argument("file", type=Path, help="the sweep file (TOML)")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<sweep name>)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: a process pool; ray: one Ray task per run")
+    p.add_argument("--workers", type=_positive,
+                   help="processes (default: one per core, at most one per run; 1 for cuda), "
+                        "each with cores // workers torch threads; with --backend ray and no "
+                        "--address, the local instance gets workers x cpus-per-run CPUs")
+    p.add_argument("--data-dir", help="where the data sets' files are (or go)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    ray = p.add_argument_group("ray backend")
+    ray.add_argument("--address", help="a Ray cluster's address (default: a local instance)")
+    ray.add_argument("--cpus-per-run", type=float, help="CPUs (and torch threads) per run "
+                     "(default 1)")
+    ray.add_argument("--gpus-per-run", type=float,
+                     help="GPUs per run (default: 1 for a cuda device, else 0)")
+    ray.add_argument("--no-shared-disk", action="store_true",
+                     help="workers train in a local temporary folder; files come back to --out")
+    p.add_argument("--max-epochs-this-call", type=_positive, help=argparse.SUPPRESS)
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    sweep = Sweep.from_file(args.file)
+    out = args.out or Path("runs") / sweep.name
+    ray_only = {"--address": args.address, "--cpus-per-run": args.cpus_per_run,
+                "--gpus-per-run": args.gpus_per_run, "--no-shared-disk": args.no_shared_disk}
+    given = [k for k, v in ray_only.items() if v not in (None, False)]
+    if args.backend != "ray" and given:
+        raise SweepError(f"{', '.join(given)}: only with --backend ray")
+    if args.dry_run:
+        for run in sweep.runs:
+            print(f"{run.folder}  {run.variant.formats} ({run.variant.bits} bits)")
+        print(f"{len(sweep.runs)} runs into {out}")
+        return 0
+    ray = RayOptions(args.address, cpus_per_run=args.cpus_per_run or 1.0,
+                     gpus_per_run=args.gpus_per_run, shared_disk=not args.no_shared_disk)
+    outcomes = run_sweep(sweep, out, backend=args.backend, workers=args.workers,
+                         data_dir=args.data_dir, max_epochs=args.max_epochs_this_call,
+                         quiet=args.quiet, ray_options=ray)
+    counts = ", ".join(f"{n} {s}" for s, n in Counter(o.status for o in outcomes).items())
+    print(f"sweep {sweep.name}: {counts}; summary {out / SUMMARY}; report: lowprec report {out}")
+    return 1 if any(o.status in PROBLEMS for o in outcomes) else 0
 
 
 def _formats(args: argparse.Namespace) -> int:

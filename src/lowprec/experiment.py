@@ -24,6 +24,10 @@ with a checkpoint from the epoch after it, restoring every random state, so that
 ends with the same weights and metrics as an uninterrupted run. The configuration must
 match (a different one raises :class:`RunError`). Accuracies are fractions in [0, 1].
 JSON files write non-finite floats as ``NaN``/``Infinity`` (Python's ``json``).
+
+Inside a torch.distributed process group (``torchrun ... lowprec train --ddp``) the run is
+data-parallel: each rank trains on its shard of every global batch, and only rank 0 prints
+and writes the folder (:mod:`lowprec.distributed`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, training
 from .data import Dataset
+from .distributed import World, current
 from .models import SolverConfig, build_model, default_solver
 from .recipe import TENSOR_CLASSES, Recipe
 
@@ -74,7 +79,8 @@ __all__ = [
 
 CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.jsonl", "checkpoint.pt", "status.json"
 #: config entries that decide the numbers: a rerun must match them to resume
-IDENTITY = ("dataset", "model", "recipe", "seed", "epochs", "batch_size", "solver")
+#: (``world_size`` is absent for one process)
+IDENTITY = ("dataset", "model", "recipe", "seed", "epochs", "batch_size", "solver", "world_size")
 
 
 class RunError(RuntimeError):
@@ -179,9 +185,12 @@ def _epochs(spec: RunSpec, solver: SolverConfig, dataset: Dataset) -> int:
     return max(1, round(solver.epochs(len(dataset))))
 
 
-def resolve_config(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
-    """The run's full configuration as written to ``config.json``."""
+def resolve_config(spec: RunSpec, dataset: Dataset, world_size: int | None = None
+                   ) -> dict[str, Any]:
+    """The run's full configuration as written to ``config.json``; ``world_size``: the ranks
+    of a data-parallel run (``None``: one process, not recorded)."""
     solver = solver_for(spec)
+    parallel = {} if world_size is None else {"world_size": world_size}
     return {
         "name": spec.name,
         "dataset": spec.dataset,
@@ -194,6 +203,7 @@ def resolve_config(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
         "solver": dataclasses.asdict(solver),
         "recipe": spec.recipe.to_dict(),
         "recipe_toml": spec.recipe.to_toml(),
+        **parallel,
         "data": {
             "name": dataset.name,
             "provenance": dataset.provenance,
@@ -210,15 +220,16 @@ def resolve_config(spec: RunSpec, dataset: Dataset) -> dict[str, Any]:
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's numbers; the recipe as the current schema reads it
     (so a field added later with its default does not make an old run look different)."""
-    ident = json.loads(json.dumps({k: config[k] for k in IDENTITY}))
+    ident = json.loads(json.dumps({k: config.get(k) for k in IDENTITY}))
     ident["recipe"] = Recipe.from_dict(ident["recipe"], "config.json").to_dict()
     return ident
 
 
-def _check_or_write_config(folder: Path, config: dict[str, Any]) -> None:
+def _check_or_write_config(folder: Path, config: dict[str, Any], write: bool) -> None:
     path = folder / CONFIG
     if not path.exists():
-        write_json(path, config)
+        if write:
+            write_json(path, config)
         return
     old, new = _identity(read_json(path)), _identity(config)
     diff = [k for k in IDENTITY if old[k] != new[k]]
@@ -333,27 +344,35 @@ def _build(spec: RunSpec, dataset: Dataset) -> nn.Module:
 
 @dataclass
 class _Session:
-    """The live objects of one run: model, optimizer, data generator, solver and sizes."""
+    """The live objects of one run: model (and ``net``, what trains it: the model or its
+    DDP wrapper), optimizer, data generator, solver, sizes and the ranks."""
 
     spec: RunSpec
     dataset: Dataset
     model: nn.Module
+    net: nn.Module
     opt: torch.optim.Optimizer
     data_gen: torch.Generator
     solver: SolverConfig
     base_lrs: list[float]
     steps: int
     total: int
+    world: World
 
     @classmethod
-    def start(cls, spec: RunSpec, dataset: Dataset, epochs: int) -> _Session:
+    def start(cls, spec: RunSpec, dataset: Dataset, epochs: int, world: World) -> _Session:
         solver = solver_for(spec)
+        if solver.batch_size < world.size:
+            raise ValueError(f"batch size {solver.batch_size} is below the world size "
+                             f"{world.size}: every rank needs a share of each batch")
         model = training.prepare(_build(spec, dataset), spec.recipe, seed=spec.seed,
-                                 telemetry_every=spec.telemetry_every)
+                                 telemetry_every=spec.telemetry_every,
+                                 rank=world.rank if world.parallel else None)
+        net = world.wrap(model, spec.recipe.grad_comm, spec.seed)
         opt = training.wrap_optimizer(solver.make_optimizer(model), spec.recipe)
         steps = len(dataset.loader("train", solver.batch_size))
-        return cls(spec, dataset, model, opt, torch.Generator().manual_seed(spec.seed), solver,
-                   [g["lr"] for g in opt.param_groups], steps, steps * epochs)
+        return cls(spec, dataset, model, net, opt, torch.Generator().manual_seed(spec.seed),
+                   solver, [g["lr"] for g in opt.param_groups], steps, steps * epochs, world)
 
     def state_dict(self) -> dict[str, Any]:
         rounding = training.rounding_state(self.model)
@@ -389,7 +408,10 @@ class _Session:
             torch.cuda.set_rng_state(rng["cuda"], self.spec.device)
 
     def train_epoch(self, epoch: int, quiet: bool) -> dict[str, Any]:
-        """One epoch of SGD; raises :class:`_Diverged` at the first non-finite loss."""
+        """One epoch of SGD; raises :class:`_Diverged` at the first non-finite loss.
+
+        Each rank trains on its shard of a global batch, its mean loss scaled by
+        ``W n_r / B`` (:mod:`lowprec.distributed`; 1 for one process)."""
         self.model.train()
         loader = self.dataset.loader("train", self.solver.batch_size, augment=self.solver.augment,
                                      generator=self.data_gen, device=self.spec.device)
@@ -401,31 +423,37 @@ class _Session:
             factor = self.solver.lr_factor(it, self.total)
             for g, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
                 g["lr"] = base * factor
-            out = self.model(x)
-            loss = F.cross_entropy(out, y)
-            value = loss.item()
+            xs, ys = self.world.shard(x), self.world.shard(y)
+            out = self.net(xs)
+            loss = F.cross_entropy(out, ys)
+            total, hits, n = self.world.sum([loss.item() * len(ys),
+                                             int((out.argmax(1) == ys).sum()), len(ys)])
+            value = total / n
             if not math.isfinite(value):  # the weights are still those of this forward
                 why = _diagnose(self.spec, self.dataset, self.model.state_dict(), x, y)
                 raise _Diverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; {why}")
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * (self.world.size * len(ys) / n)).backward()
             self.opt.step()
-            loss_sum += value * len(y)
-            correct += int((out.argmax(1) == y).sum())
-            seen += len(y)
+            loss_sum += total
+            correct += int(hits)
+            seen += int(n)
             batches.set_postfix(loss=f"{value:.4f}", refresh=False)
         return {"loss": loss_sum / seen, "train_acc": correct / seen,
                 "lr": self.solver.lr_at(it, self.total)}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Test loss and accuracy (eval mode: quantized, no telemetry recorded)."""
+        """Test loss and accuracy (eval mode: quantized, no telemetry recorded), each rank
+        on its shard of every batch, summed over the ranks."""
         self.model.eval()
         loss_sum, correct = 0.0, 0
         for x, y in self.dataset.loader("test", self.solver.batch_size, device=self.spec.device):
+            x, y = self.world.shard(x), self.world.shard(y)
             out = self.model(x)
             loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
+        loss_sum, correct = self.world.sum([loss_sum, correct])
         n = int(self.dataset.test_y.shape[0])
         return {"test_loss": loss_sum / n, "test_acc": correct / n}
 
@@ -473,26 +501,30 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
 
     ``dataset`` must be normalised as the model's solver asks (:func:`load_data`).
     ``max_epochs`` stops this call after that many new epochs (status ``"paused"``).
+    In a process group every rank calls it; only rank 0 writes files and prints.
     """
+    world = current()
+    quiet = quiet or not world.main
     solver = solver_for(spec)
     if dataset.normalize != solver.normalize:
         raise ValueError(f"{spec.model} expects data normalised {solver.normalize!r}, "
                          f"got {dataset.normalize!r}")
     folder = Path(out) / spec.name
     folder.mkdir(parents=True, exist_ok=True)
-    config = resolve_config(spec, dataset)
-    _check_or_write_config(folder, config)
+    config = resolve_config(spec, dataset, world.size if world.parallel else None)
+    _check_or_write_config(folder, config, write=world.main)
     if (folder / STATUS).exists():
         status = read_json(folder / STATUS)
         return RunResult(folder, status["status"], status["reason"], read_metrics(folder), True)
     epochs = config["epochs"]
-    session = _Session.start(spec, dataset, epochs)
+    session = _Session.start(spec, dataset, epochs, world)
     history: list[dict[str, Any]] = []
     if (folder / CHECKPOINT).exists():
         state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
         session.load_state_dict(state)
         history = state["metrics"]
-    _write_metrics(folder, history)  # drops any line written after the checkpoint
+    if world.main:
+        _write_metrics(folder, history)  # drops any line written after the checkpoint
     stop = epochs if max_epochs is None else min(epochs, len(history) + max_epochs)
     bar = tqdm(total=epochs, initial=len(history), desc=spec.name, unit="epoch", leave=False,
                disable=quiet)
@@ -502,26 +534,29 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
             try:
                 record = {"epoch": epoch + 1, **session.train_epoch(epoch, quiet)}
             except _Diverged as exc:
-                write_json(folder / STATUS, {"status": "diverged", "reason": str(exc),
-                                             "epochs_completed": len(history)})
+                if world.main:
+                    write_json(folder / STATUS, {"status": "diverged", "reason": str(exc),
+                                                 "epochs_completed": len(history)})
                 return RunResult(folder, "diverged", str(exc), history)
             record.update(session.evaluate())
             record["seconds"] = time.perf_counter() - start
             record["telemetry"] = epoch_telemetry(session.model)
             history.append(record)
-            _save_checkpoint(folder / CHECKPOINT,
-                             {**session.state_dict(), "epoch": epoch + 1, "metrics": history})
-            _write_metrics(folder, history)
+            if world.main:
+                _save_checkpoint(folder / CHECKPOINT,
+                                 {**session.state_dict(), "epoch": epoch + 1, "metrics": history})
+                _write_metrics(folder, history)
             bar.update()
             if not quiet:
                 tqdm.write(summary_line(spec.name, record, epochs))
     if len(history) < epochs:
         return RunResult(folder, "paused", f"stopped after epoch {len(history)}/{epochs}", history)
-    write_json(folder / STATUS, {
-        "status": "done", "reason": None, "epochs_completed": epochs,
-        "final_test_acc": history[-1]["test_acc"],
-        "best_test_acc": max(r["test_acc"] for r in history),
-    })
+    if world.main:
+        write_json(folder / STATUS, {
+            "status": "done", "reason": None, "epochs_completed": epochs,
+            "final_test_acc": history[-1]["test_acc"],
+            "best_test_acc": max(r["test_acc"] for r in history),
+        })
     return RunResult(folder, "done", None, history)
 
 

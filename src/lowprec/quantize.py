@@ -29,13 +29,23 @@ __all__ = ["quantize", "round_to_format"]
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@lru_cache(maxsize=256)
-def _params(fmt: Format, dtype: torch.dtype) -> tuple[torch.dtype, tuple[int, ...]]:
-    """Compute dtype and the kernel's grid description for a format."""
+@lru_cache(maxsize=1024)
+def _constants(fmt: Format, dtype: torch.dtype, rand_bits: int, device: torch.device) -> tuple[
+    torch.dtype, torch.Tensor, _kernel.Shape, _kernel.Shape,
+]:
+    """Compute dtype, the kernel's constants as a tensor on ``device``, and its shapes (for
+    up to 2**31 elements, and more)."""
     compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
-    special = float("inf") if fmt.has_inf else float("nan")
-    limits = _kernel.float_bits((fmt.max, fmt.max_negative, special), compute)
-    return compute, (fmt.grid_man, fmt.grid_qmin, fmt.code_bias, *limits, fmt.grid_flush)
+    grid = (*_kernel.grid_constants(fmt, compute), _kernel.rand_mask(rand_bits))
+    flags = (fmt.parity_from_exponent, fmt.grid_flush > fmt.grid_qmin,
+             fmt.max == fmt.max_negative)
+    return (compute, torch.tensor(grid, dtype=_kernel.int_dtype(compute), device=device),
+            _kernel.Shape(*flags, False), _kernel.Shape(*flags, True))
+
+
+@lru_cache(maxsize=16)
+def _no_seed(device: torch.device) -> torch.Tensor:
+    return torch.zeros(2, dtype=torch.int32, device=device)
 
 
 def _check_tensor(x: Any) -> None:
@@ -48,11 +58,11 @@ def _check_tensor(x: Any) -> None:
         )
 
 
-def _draw_seed(generator: torch.Generator | None) -> tuple[int, int]:
-    """Two 32-bit seed words (as signed int32 values) from ``generator`` (default: global)."""
-    device = generator.device if generator is not None else "cpu"
-    words = torch.randint(-(2**31), 2**31, (2,), generator=generator, device=device)
-    return int(words[0]), int(words[1])
+def _draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Two 32-bit seed words from ``generator`` (default: torch's global one), on ``device``."""
+    words = torch.randint(-(2**31), 2**31, (2,), generator=generator, dtype=torch.int32,
+                          device=generator.device if generator is not None else "cpu")
+    return words.to(device, non_blocking=True)
 
 
 def round_to_format(
@@ -74,11 +84,10 @@ def round_to_format(
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
     elif out.shape != x.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
-    compute, grid = _params(fmt, x.dtype)
     if x.numel() == 0:
         return out
-    seed = (*_draw_seed(generator), bits) if rounding == "stochastic" else (0, 0, bits)
-    dev = x.device
+    compute, grid, narrow, wide = _constants(fmt, x.dtype, bits, x.device)
+    seed = _draw_seed(generator, x.device) if rounding == "stochastic" else _no_seed(x.device)
     target = out if out.is_contiguous() else out.contiguous()
     # flat aliases that are not autograd views: compiled graphs then do not depend on (and
     # are not recompiled for) the shape of the tensor they alias; in place, one object
@@ -87,11 +96,11 @@ def round_to_format(
     _kernel.run(
         flat_out,
         flat_out if same else x.reshape(-1).detach(),
-        torch.tensor(grid, dtype=_kernel.int_dtype(compute), device=dev),
-        torch.tensor(seed, dtype=torch.int32, device=dev),
+        grid,
+        seed,
         rounding,
         ovf,
-        fmt.parity_from_exponent,
+        wide if x.numel() > 2**31 else narrow,
         compute,
     )
     if target is not out:

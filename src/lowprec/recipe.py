@@ -16,6 +16,11 @@ to each tensor class (:data:`TENSOR_CLASSES`):
                  step and the optimizer state (momentum, Adam moments)
 ===============  ================================================================
 
+``grad_comm`` (optional, not a per-layer class) is the format gradients are communicated
+in under data-parallel training (:mod:`lowprec.distributed`): each rank's gradient is
+rounded into it before the all-reduce and the mean after it; ``None`` (the default, and
+what a single process ignores) communicates fp32.
+
 ``master_weights=True`` keeps an fp32 master copy of the parameters (mixed
 precision); by default the stored parameters are themselves in the weight format,
 as in the study. ``overrides`` maps ``fnmatch`` globs on layer names
@@ -36,6 +41,8 @@ file is data, never executed::
     rounding = "stochastic"         # optional: rand_bits, overflow
     scaling = { granularity = "tensor" }   # keyword arguments of lowprec.Scaling
     activation = "fp12"             # (at top level) shorthand: preset, round to nearest
+    [grad_comm]                     # optional: gradients' all-reduce format (DDP)
+    format = "bf16"
     [overrides."fc"]                # layers whose name matches the glob
     activation = "none"             # "none": this class stays fp32 there
 
@@ -215,8 +222,8 @@ def _spec_from_dict(d: Mapping[str, Any]) -> QuantSpec:
 class Recipe:
     """A :class:`QuantSpec` (or ``None``: fp32) per tensor class, plus per-layer overrides.
 
-    Each class accepts a :class:`QuantSpec`, a format or preset name (round to
-    nearest), a mapping of QuantSpec fields, or ``None``.
+    Each class, and ``grad_comm``, accepts a :class:`QuantSpec`, a format or preset name
+    (round to nearest), a mapping of QuantSpec fields, or ``None``.
     """
 
     weight: QuantSpec | None = None
@@ -229,10 +236,15 @@ class Recipe:
     overrides: Mapping[str, Mapping[str, QuantSpec | None]] = field(default_factory=dict)
     name: str = ""
     description: str = ""
+    grad_comm: QuantSpec | None = None
 
     def __post_init__(self) -> None:
-        for cls in TENSOR_CLASSES:
+        for cls in (*TENSOR_CLASSES, "grad_comm"):
             object.__setattr__(self, cls, as_spec(getattr(self, cls), cls))
+        scaling = self.grad_comm and self.grad_comm.scaling
+        if scaling and scaling.method == "history":
+            raise RecipeError("grad_comm: scaling method 'history' is not supported (the "
+                              "communication hook keeps no per-tensor state)")
         for flag in ("master_weights", "pack"):
             if not isinstance(getattr(self, flag), bool):
                 raise RecipeError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
@@ -274,10 +286,13 @@ class Recipe:
 
     # -- TOML ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A TOML-ready dict (``None`` classes left out, or ``"none"`` in overrides)."""
+        """A TOML-ready dict (``None`` classes and ``grad_comm`` left out, or ``"none"`` in
+        overrides)."""
         d: dict[str, Any] = {"name": self.name, "description": self.description,
                              "master_weights": self.master_weights, "pack": self.pack}
         d.update({c: s.to_dict() for c, s in self.specs().items() if s is not None})
+        if self.grad_comm is not None:
+            d["grad_comm"] = self.grad_comm.to_dict()
         if self.overrides:
             d["overrides"] = {
                 pattern: {c: NONE if s is None else s.to_dict() for c, s in table.items()}
@@ -292,7 +307,7 @@ class Recipe:
             if not isinstance(d, Mapping):
                 raise RecipeError(f"expected a table, got {type(d).__name__}")
             _check_keys(d, (*TENSOR_CLASSES, "master_weights", "pack", "overrides", "name",
-                            "description"))
+                            "description", "grad_comm"))
             return cls(**d)
         except RecipeError as exc:
             raise RecipeError(f"{source}: {exc}") from None

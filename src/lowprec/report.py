@@ -6,7 +6,8 @@
 a table of final/best test accuracy per recipe (mean ± sample std over seeds), the gap
 to fp32, accuracy and loss curves, per-layer error underflow/overflow rates from the
 telemetry, the modelled cost if :mod:`lowprec.cost` exists, the data provenance, the
-machine, and a verdict on each of the study's claims computed from the numbers.
+machine, and a verdict on each of the study's claims computed from the numbers. A folder
+holding a sweep (``sweep.json``) also gets :mod:`lowprec.sweep_report`'s section first.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from matplotlib.figure import Figure
 from .experiment import CONFIG, STATUS, atomic_write, read_json, read_metrics, write_text
 from .recipes import STUDY as STUDY_RECIPES
 
-__all__ = ["CLOSE_PTS", "INADEQUATE_PTS", "Run", "claims", "load_runs", "write_report"]
+__all__ = ["CLOSE_PTS", "INADEQUATE_PTS", "Run", "claims", "load_runs", "mean_std", "save_figure",
+           "write_report"]
 
 #: a recipe within this many accuracy points of fp32 is "close to fp32" / "loses little"
 CLOSE_PTS = 2.0
@@ -118,7 +120,8 @@ class Summary:
         return ", ".join(parts) + "".join(f"<br>{_md_escape(x)}" for x in reasons)
 
 
-def _pm(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float]) -> str:
+    """``"76.00%"``, or ``"76.00 ± 1.00%"`` (mean ± sample std) for several; ``"—"`` for none."""
     if not values:
         return "—"
     if len(values) == 1:
@@ -300,7 +303,7 @@ def _telemetry_text(rates: dict[str, dict[str, dict[str, float]]]) -> list[str]:
 # -- plots ----------------------------------------------------------------------------------
 
 
-def _save(fig: Figure, folder: Path, stem: str) -> str:
+def save_figure(fig: Figure, folder: Path, stem: str) -> str:
     """Write ``stem``.png and ``stem``.svg atomically; returns the PNG's name."""
     FigureCanvasAgg(fig)
     fig.tight_layout()
@@ -338,7 +341,7 @@ def _curves_plot(s: dict[str, Summary], key: str, ylabel: str, folder: Path, ste
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, folder, stem)
+    return save_figure(fig, folder, stem)
 
 
 def _telemetry_plot(rates: dict[str, dict[str, dict[str, float]]], folder: Path,
@@ -363,7 +366,7 @@ def _telemetry_plot(rates: dict[str, dict[str, dict[str, float]]], folder: Path,
         ax.set_title(f"errors, epoch 1: {labels[stat]}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, folder, stem)
+    return save_figure(fig, folder, stem)
 
 
 # -- cost model -----------------------------------------------------------------------------
@@ -405,7 +408,7 @@ def _table(s: dict[str, Summary]) -> list[str]:
     for r, sm in s.items():
         gap = "—" if fp32 is None or sm.mean is None else f"{sm.mean - fp32:+.2f}"
         seeds = ",".join(str(run.config["seed"]) for run in sm.runs)
-        lines.append(f"| {r} | {seeds} | {_pm(sm.final)} | {_pm(sm.best)} | {gap} | "
+        lines.append(f"| {r} | {seeds} | {mean_std(sm.final)} | {mean_std(sm.best)} | {gap} | "
                      f"{sm.status()} |")
     return lines
 
@@ -469,6 +472,8 @@ def _solver_text(solver: dict[str, Any]) -> str:
 
 def write_report(folder: str | Path) -> Path:
     """Write ``report.md`` and its plots into ``folder`` from the runs below it."""
+    from . import sweep_report  # here: it imports this module
+
     folder = Path(folder)
     runs = load_runs(folder)
     if not runs:
@@ -484,6 +489,7 @@ def write_report(folder: str | Path) -> Path:
         "Machine: " + "; ".join(_machines(runs)),
         "",
     ]
+    lines += sweep_report.section(folder, runs)  # nothing unless folder holds a sweep
     for key, s in groups.items():
         suffix = "" if len(groups) == 1 else f"-{key[0]}-{key[1]}"
         lines += _group_section(key, s, folder, suffix)

@@ -260,6 +260,35 @@ def _pow2_exponent(amax: torch.Tensor, fmt: Format, s: Scaling) -> torch.Tensor:
     return x.clamp(EXP_MIN, EXP_MAX)
 
 
+def _pow2_exponent_of(amax: float, fmt: Format, s: Scaling) -> int:
+    """:func:`_pow2_exponent` of one finite amax, in Python integers (no tensor operations:
+    a per-tensor scale costs microseconds, which small tensors notice)."""
+    if amax <= 0:
+        return EXP_MIN
+    emax = _emax(fmt)
+    m, e = math.frexp(amax)
+    x, mi, ci = e - 1 - emax, int(math.ldexp(m, 53)), int(math.ldexp(fmt.max, 52 - emax))
+    if s.rounding == "ceil":
+        x += mi > ci
+    elif s.rounding == "even":
+        lo, mid2 = (x, 2 * mi) if mi >= ci else (x - 1, 4 * mi)
+        x = lo + (mid2 > 3 * ci or (mid2 == 3 * ci and lo % 2 == 1))
+    return min(max(x + s.margin, EXP_MIN), EXP_MAX)
+
+
+def _tensor_exponent(x: torch.Tensor, fmt: Format, s: Scaling) -> int:
+    """The scale exponent of a whole tensor (``granularity="tensor"``, power-of-two)."""
+    if s.state is None:  # one pass over x, then scalar arithmetic
+        lo, hi = torch.aminmax(x)
+        amax = max(float(hi), -float(lo))
+        if math.isfinite(amax):
+            return _pow2_exponent_of(amax, fmt, s)
+    amax_t = _amax(x, None, s.nan_policy)[0].reshape(())
+    if s.state is not None:
+        amax_t = s.state.step(amax_t)
+    return int(_pow2_exponent(amax_t, fmt, s))
+
+
 def _format_scale(amax: torch.Tensor, fmt: Format, s: Scaling) -> torch.Tensor:
     """Scales rounded into a non-pow2 ``scale_format`` (float64; see the module docstring)."""
     sfmt = s.scale_format
@@ -381,16 +410,13 @@ def scaled_round(
         # one scale for the tensor: round(x / 2**X) * 2**X is rounding x onto the format
         # shifted by 2**X (same codes, bias/fraction bits moved), exactly: one amax pass
         # and one rounding pass instead of four
-        amax = _amax(x.detach(), None, scaling.nan_policy)[0].reshape(())
-        if scaling.state is not None:
-            amax = scaling.state.step(amax)
-        exp = _pow2_exponent(amax, fmt, scaling)
-        shifted = fmt.scaled_by(int(exp))
-        y = round_to_format(x, shifted, rounding, generator=generator, rand_bits=rand_bits,
+        exp = _tensor_exponent(x.detach(), fmt, scaling)
+        y = round_to_format(x, fmt.scaled_by(exp), rounding, generator=generator,
+                            rand_bits=rand_bits,
                             overflow="saturate" if overflow is None else overflow,
                             out=None if return_info else out)
-        sc = torch.ldexp(torch.ones((), dtype=torch.float64, device=x.device), exp)
         if return_info:
+            sc = torch.tensor(math.ldexp(1.0, exp), dtype=torch.float64, device=x.device)
             info = _info(x, y, fmt, sc, sc)
             return (y if out is None else out.copy_(y)), info
         return y, info

@@ -46,7 +46,13 @@ Rounding applies in evaluation too: a prepared model computes in the recipe's ar
 Stochastic rounding draws its seeds from one CPU ``torch.Generator`` per prepared model,
 seeded with ``seed``: the kernel hashes ``(seed, element index)`` on the tensor's own
 device, so a CPU generator serves every device without a device sync per rounding and a
-run is reproducible (same model, data and order of calls). Telemetry: every rounding in
+run is reproducible (same model, data and order of calls). Under data parallelism
+(``prepare(..., rank=r)``, see :mod:`lowprec.distributed`) every rank draws the same
+sequence from that generator, but the data-dependent classes (:data:`PER_RANK`:
+activations, errors) round with a per-rank stream: each such stochastic rounding draws
+one word ``u`` from the shared generator and rounds with :func:`keyed_generator` ``(u, r)``.
+Weights, weight gradients and updates round with the shared generator itself, so ranks
+holding the same values round them to the same bits. Telemetry: every rounding in
 a recorded training pass (every ``telemetry_every``-th forward in training mode, and the
 optimizer step after it; ``0``: never) adds a :class:`~lowprec.quantinfo.QuantInfo` to the
 model's :class:`~lowprec.quantinfo.TelemetryLog` under ``"<layer>.<class>"`` (a layer's
@@ -73,12 +79,15 @@ from .quantize import quantize
 from .recipe import POSITIONS, QuantSpec, Recipe
 
 __all__ = [
+    "PER_RANK",
+    "keyed_generator",
     "layer_types",
     "load_rounding_state",
     "prepare",
     "register_layer",
     "rounding_state",
     "telemetry",
+    "training_passes",
     "unprepare",
     "wrap_optimizer",
 ]
@@ -86,6 +95,27 @@ __all__ = [
 _LAYER_TYPES: list[type[nn.Module]] = [nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d]
 _ATTR = "_lowprec_run"  # attribute of a prepared model holding its _Run
 _OWNERS: weakref.WeakValueDictionary[int, _Layer] = weakref.WeakValueDictionary()
+#: the data-dependent tensor classes: stochastic rounding streams differ per rank
+PER_RANK = ("activation", "error")
+_MASK64 = 2**64 - 1
+
+
+def _splitmix64(h: int, k: int) -> int:
+    """One splitmix64 step on ``h + k`` (mod 2**64): a bijective, well-mixed 64-bit hash."""
+    z = (h + k + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def keyed_generator(*key: int) -> torch.Generator:
+    """A fresh CPU generator seeded with ``h(key)``, ``h`` folding :func:`_splitmix64` over
+    the integers of ``key`` (taken mod 2**64): a stream named by its key instead of drawn,
+    so that its seed does not depend on the order of other roundings."""
+    h = 0
+    for k in key:
+        h = _splitmix64(h, k & _MASK64)
+    return torch.Generator().manual_seed(h)
 
 
 def register_layer(cls: type[nn.Module]) -> type[nn.Module]:
@@ -107,11 +137,13 @@ def layer_types() -> tuple[type[nn.Module], ...]:
 
 
 class _Run:
-    """Per-model state: recipe, seed generator, telemetry and the pass counter."""
+    """Per-model state: recipe, seed generator, rank, telemetry and the pass counter."""
 
-    def __init__(self, recipe: Recipe, seed: int, telemetry_every: int) -> None:
+    def __init__(self, recipe: Recipe, seed: int, telemetry_every: int,
+                 rank: int | None) -> None:
         self.recipe = recipe
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank = rank
         self.log = TelemetryLog()
         self.every = telemetry_every
         self.passes = 0
@@ -125,12 +157,23 @@ class _Run:
         self.recording = module.training and self.every > 0 and self.passes % self.every == 0
         self.passes += module.training
 
+    def stream(self, per_rank: bool) -> torch.Generator:
+        """The generator of one rounding: the shared one, or for a per-rank stochastic
+        rounding under data parallelism ``keyed_generator(u, rank)``, ``u`` one draw from
+        the shared one (so every rank draws the same sequence from it)."""
+        if not per_rank or self.rank is None:
+            return self.generator
+        u = int(torch.randint(2**62, (), generator=self.generator))
+        return keyed_generator(u, self.rank)
+
 
 class _Rounder:
-    """Rounds the tensors of one (layer, class, tensor) with its spec and scaling state."""
+    """Rounds the tensors of one (layer, class, tensor) with its spec and scaling state;
+    ``per_rank``: a data-dependent class (:data:`PER_RANK`)."""
 
-    def __init__(self, spec: QuantSpec, key: str, run: _Run) -> None:
+    def __init__(self, spec: QuantSpec, key: str, run: _Run, per_rank: bool) -> None:
         self.spec, self.key, self.run = spec, key, run
+        self.per_rank = per_rank and spec.rounding == "stochastic"
         self.scaling = None if spec.scaling is None else spec.scaling.stateful()
 
     def __call__(self, x: torch.Tensor, record: bool | None = None,
@@ -139,8 +182,9 @@ class _Rounder:
         ``record`` (default: if this pass is recorded)."""
         s, run = self.spec, self.run
         record = run.recording if record is None else record
-        y = quantize(x, s.format, s.rounding, generator=run.generator, rand_bits=s.rand_bits,
-                     overflow=s.overflow, scaling=self.scaling, out=out, return_info=record)
+        y = quantize(x, s.format, s.rounding, generator=run.stream(self.per_rank),
+                     rand_bits=s.rand_bits, overflow=s.overflow, scaling=self.scaling, out=out,
+                     return_info=record)
         if record:
             y, info = y
             run.log.update(self.key, info)
@@ -177,7 +221,8 @@ class _Layer:
         if key not in self.rounders:
             spec = self.specs[cls]
             label = f"{self.name}.{cls}{'.' + log if log else ''}"
-            self.rounders[key] = None if spec is None else _Rounder(spec, label, self.run)
+            self.rounders[key] = (None if spec is None
+                                  else _Rounder(spec, label, self.run, cls in PER_RANK))
         return self.rounders[key]
 
     @torch.no_grad()
@@ -280,7 +325,8 @@ def _run(model: nn.Module) -> _Run:
 
 
 def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
-            telemetry_every: int = 1, pack: bool | None = None) -> nn.Module:
+            telemetry_every: int = 1, pack: bool | None = None,
+            rank: int | None = None) -> nn.Module:
     """Quantize every layer of a registered type in ``model`` as ``recipe`` says.
 
     Args:
@@ -290,6 +336,9 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
         telemetry_every: record telemetry every N-th training forward pass (0: never).
         pack: store the tensors autograd saves for backward as their format's packed
             integer codes (:class:`~lowprec.packing.PackHook`; exact); default: ``recipe.pack``.
+        rank: this process's rank under data parallelism: stochastic roundings of the
+            :data:`PER_RANK` classes then use per-rank streams (module docstring); ``None``:
+            a single process.
 
     Returns ``model`` itself. Raises ``ValueError`` if it is already prepared, has no
     layer of a registered type, or an override glob matches no such layer.
@@ -307,7 +356,7 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
               if g not in POSITIONS and not any(fnmatch.fnmatchcase(n, g) for n, _ in found)]
     if unused:
         raise ValueError(f"override(s) {unused} match no layer; layers: {[n for n, _ in found]}")
-    run = _Run(recipe, seed, telemetry_every)
+    run = _Run(recipe, seed, telemetry_every, rank)
     for i, (name, module) in enumerate(found):
         at = [pos for pos, hit in zip(POSITIONS, (i == 0, i == len(found) - 1), strict=True) if hit]
         specs = recipe.for_layer(name, at)
@@ -372,6 +421,12 @@ def load_rounding_state(model: nn.Module, state: dict[str, Any]) -> None:
     run = _run(model)
     run.generator.set_state(state["generator"])
     run.passes = int(state["passes"])
+
+
+def training_passes(model: nn.Module) -> int:
+    """Training-mode forward passes of a prepared model since :func:`prepare` (restored by
+    :func:`load_rounding_state`): during a training step, that step's 1-based number."""
+    return _run(model).passes
 
 
 def telemetry(model: nn.Module, reset: bool = False) -> dict[str, dict[str, float]]:
