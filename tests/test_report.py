@@ -125,3 +125,37 @@ def test_cost_section_uses_the_cost_model_when_present(study: Path,
 def test_no_runs_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no run folders"):
         report.write_report(tmp_path)
+
+
+def test_runs_of_different_lengths_are_not_pooled(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep over ``epochs`` (run folders ``epochs<N>/...``): one section per length."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "lowprec.cost" else find_spec(name, *a))
+    for seed, (short, long) in enumerate([(0.70, 0.80), (0.72, 0.82)]):
+        save_run(tmp_path / "epochs2", "fp32", seed, [0.5, short], "done")
+        save_run(tmp_path / "epochs3", "fp32", seed, [0.5, 0.6, long], "done")
+    save_run(tmp_path / "epochs2", "fxp12_sr", 0, [0.5, 0.40], "done")
+    save_run(tmp_path / "epochs3", "fxp12_sr", 0, [0.5, 0.5, 0.60], "done")
+    groups = report._group(report.load_runs(tmp_path))
+    assert list(groups) == [("digits", "small_cnn", 2), ("digits", "small_cnn", 3)]
+    for (_, _, epochs), s in groups.items():
+        assert [len(r.metrics) for sm in s.values() for r in sm.runs] == [epochs] * 3
+    text = report.write_report(tmp_path).read_text()
+    sections = text.split("\n## ")[1:]
+    assert [s.splitlines()[0] for s in sections] == ["digits / small_cnn / 2 epochs",
+                                                     "digits / small_cnn / 3 epochs"]
+    rows = [{line.split("|")[1].strip(): line for line in s.splitlines() if line.startswith("| ")}
+            for s in sections]
+    assert "| 0,1 | 71.00 ± 1.41% |" in rows[0]["fp32"] and "-31.00" in rows[0]["fxp12_sr"]
+    assert "| 0,1 | 81.00 ± 1.41% |" in rows[1]["fp32"] and "-21.00" in rows[1]["fxp12_sr"]
+    assert sections[0].startswith("digits / small_cnn / 2 epochs\n\n3 runs of 2 epochs")
+    for epochs in (2, 3):
+        assert f"](accuracy-digits-small_cnn-epochs{epochs}.png)" in text
+        assert (tmp_path / f"accuracy-digits-small_cnn-epochs{epochs}.png").exists()
+    # still split while the longer runs are unfinished (a sweep in progress)
+    for status in (tmp_path / "epochs3").glob(f"*/{STATUS}"):
+        status.unlink()
+    assert list(report._group(report.load_runs(tmp_path))) == [("digits", "small_cnn", 2),
+                                                               ("digits", "small_cnn", 3)]

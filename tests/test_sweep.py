@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_experiment import comparable
 
-from lowprec import cli, sweep
+from lowprec import cli, sweep_runner
 from lowprec.data import Dataset
 from lowprec.experiment import (
     CHECKPOINT,
@@ -32,7 +32,8 @@ from lowprec.experiment import (
 )
 from lowprec.formats import FixedPoint, FloatingPoint
 from lowprec.report import write_report
-from lowprec.sweep import SUMMARY, RayOptions, Sweep, SweepError
+from lowprec.sweep import Sweep, SweepError
+from lowprec.sweep_runner import SUMMARY, RayOptions
 
 #: three runs of two short epochs: fp32 and fp12_sr with 4 or 6 exponent bits
 TINY = """
@@ -230,7 +231,7 @@ def reference(sweep_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def one_thread_each() -> str:
     """``--workers`` = cores: every worker gets one torch thread."""
-    return str(sweep._cores())
+    return str(sweep_runner._cores())
 
 
 def snapshot(folder: Path) -> tuple[dict, list[dict], dict, dict]:
@@ -305,7 +306,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "run_sweep",
-                        functools.partial(sweep.run_sweep, say=interrupt_after_one))
+                        functools.partial(sweep_runner.run_sweep, say=interrupt_after_one))
     out = tmp_path / "grid"
     args = ["sweep", sweep_file, "--out", out, "--workers", one_thread_each(), "--quiet"]
     code, _, err = run(capsys, *args)
@@ -339,7 +340,7 @@ def ray_instance() -> object:
 def test_ray_sweep_equals_sequential_runs(ray_instance: object, sweep_file: Path,
                                           reference: Path, tmp_path: Path) -> None:
     s = Sweep.from_file(sweep_file)
-    outcomes = sweep.run_sweep(s, tmp_path, backend="ray", quiet=True,
+    outcomes = sweep_runner.run_sweep(s, tmp_path, backend="ray", quiet=True,
                                ray_options=RayOptions(cpus_per_run=1), say=lambda line: None)
     assert [(o.folder, o.status) for o in outcomes] == [(f, "done") for f in FOLDERS]
     assert read_json(tmp_path / SUMMARY)["backend"] == "ray"

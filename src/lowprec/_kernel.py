@@ -34,6 +34,7 @@ precomputed once per format (:func:`grid_constants`).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -56,22 +57,24 @@ def _lowbias32(x: torch.Tensor) -> torch.Tensor:
     return x ^ _srl(x, 16)
 
 
-def random_bits(n: int, seed: torch.Tensor, device: torch.device, wide: bool) -> torch.Tensor:
-    """32 uniform random bits per element ``0..n-1``, as int32 bit patterns.
+def random_bits(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """32 uniform random bits per element index, as int32 bit patterns.
 
     ``seed`` holds int32 words ``[s0, s1]``; the stream is
     ``lowbias32(i_lo ^ s0 ^ lowbias32(i_hi)) ^ s1`` for element index ``i``
-    (``lowbias32(0) = 0``; ``wide=False`` promises ``n <= 2**31``: then ``i_hi = 0`` and
-    ``i`` is counted in int32). One hash per element: a bijection of ``i_lo ^ s0``, so the
-    words of one 2**32-element block are distinct; ``s0`` is drawn anew for every call.
+    (``lowbias32(0) = 0``; an int32 ``index`` promises ``i < 2**31``, so ``i_hi = 0``).
+    One hash per element: a bijection of ``i_lo ^ s0``, so the words of one
+    2**32-element block are distinct; ``s0`` is drawn anew for every call.
     """
-    if not wide:
-        idx = torch.arange(n, device=device, dtype=torch.int32)
-        return _lowbias32(idx ^ seed[0]) ^ seed[1]
-    idx = torch.arange(n, device=device, dtype=torch.int64)
-    lo = (idx & 0xFFFFFFFF).to(torch.int32)  # the same 32 bits, as int32
-    hi = (idx >> 32).to(torch.int32)
+    if index.dtype == torch.int32:
+        return _lowbias32(index ^ seed[0]) ^ seed[1]
+    lo = (index & 0xFFFFFFFF).to(torch.int32)  # the same 32 bits, as int32
+    hi = (index >> 32).to(torch.int32)
     return _lowbias32(lo ^ seed[0] ^ _lowbias32(hi)) ^ seed[1]
+
+
+#: stochastic rounding works on rows of this many elements (see :func:`quantize_into`)
+LANES = 16
 
 
 def rand_mask(rand_bits: int) -> int:
@@ -113,7 +116,8 @@ def grid_constants(fmt: Any, dtype: torch.dtype) -> tuple[int, ...]:
     container's, ``m``/``qmin``/``flush`` the format's grid (``Format.grid_*``), the
     ``*_bits`` are bit patterns of the largest magnitudes, of what overflow gives under
     ``overflow="inf"`` (inf or NaN) and of the smallest step ``2**kmin`` (``qmin``, or
-    ``flush`` without subnormals); the caller appends :func:`rand_mask`.
+    ``flush`` without subnormals); the caller appends :func:`rand_mask` and the lanes
+    ``0 .. LANES - 1`` (:func:`quantize_into`).
     """
     _, p, bias = _LAYOUT[dtype]
     flush = fmt.grid_flush
@@ -131,11 +135,13 @@ def round_kernel(
     mode: str,
     overflow: str,
     shape: Shape,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Round a flat float32/float64 tensor ``x`` onto a format's grid.
 
     ``grid`` holds :func:`grid_constants` and :func:`rand_mask` in the container's integer
-    dtype; ``seed`` two int32 hash words (stochastic rounding only). With ``u`` the magnitude's bit
+    dtype; ``seed`` two int32 hash words and ``index`` the elements' indices (broadcast
+    to ``x``'s shape) for stochastic rounding. With ``u`` the magnitude's bit
     pattern, ``ef`` its exponent field and ``efc = max(ef, 1)``, rounding drops
     ``d = max(P - m, qmin + P + bias - efc)`` low bits of the significand
     ``s = u - ((efc - 1) << P)`` (with its hidden bit). For ``d <= P`` the rounded
@@ -173,7 +179,7 @@ def round_kernel(
     elif mode == "odd":
         up = (rem != 0) & (odd == 0)
     elif mode == "stochastic":
-        up = _stochastic_up(rem, d, d_true, seed, grid[9], shape.wide_index)
+        up = _stochastic_up(rem, d, d_true, random_bits(index, seed), grid[9])
     else:  # pragma: no cover - validated by the caller
         raise ValueError(mode)
 
@@ -194,7 +200,7 @@ def round_kernel(
 
 
 def _stochastic_up(rem: torch.Tensor, d: torch.Tensor, d_true: torch.Tensor,
-                   seed: torch.Tensor, mask: torch.Tensor, wide_index: bool) -> torch.Tensor:
+                   h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Round up with probability ``floor(q * 2**k) / 2**k``, ``q = rem / 2**d_true`` the
     fraction of a step, ``k`` = ``rand_bits``: ``floor(q * 2**a) + r >= 2**a`` on the
     top ``k`` of ``a`` bits (``a = W - 2``), ``r`` bits ``29 .. 30 - k`` of the hash."""
@@ -202,7 +208,7 @@ def _stochastic_up(rem: torch.Tensor, d: torch.Tensor, d_true: torch.Tensor,
     a = 8 * rem.element_size() - 2
     # q * 2**a exactly: rem << (a - d) when d_true = d <= a, else rem >> (d_true - a)
     top = (rem << (a - d)) >> (d_true - d).clamp(max=a + 1)
-    r = random_bits(rem.numel(), seed, rem.device, wide_index).to(ity) & mask
+    r = h.to(ity) & mask
     if a > 30:
         r, mask = r << (a - 30), mask << (a - 30)
     return (top & mask) + r >= (1 << a)
@@ -213,6 +219,7 @@ def quantize_into(
     x: torch.Tensor,
     grid: torch.Tensor,
     seed: torch.Tensor,
+    first: torch.Tensor,
     mode: str,
     overflow: str,
     shape: Shape,
@@ -220,10 +227,49 @@ def quantize_into(
 ) -> None:
     """``out[:] = round(x)``: widen to ``compute``, round, narrow to ``out``'s dtype.
 
-    Compiled, the three steps fuse into one pass that reads ``x`` and writes
-    ``out`` (which may be ``x`` itself).
+    Compiled, the steps fuse into one pass that reads ``x`` and writes ``out`` (which may
+    be ``x`` itself). ``x`` is flat, its first element having index ``first`` (a 0-d
+    tensor) in the stochastic-rounding stream, or rows of :data:`LANES` starting at 0
+    (see :func:`round_flat`).
     """
-    out.copy_(round_kernel(x.to(compute), grid, seed, mode, overflow, shape))
+    index = None
+    if mode == "stochastic" and x.dim() == 2:  # 16 * row + lane, the lanes read from grid
+        rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int32).unsqueeze(1)
+        index = rows * LANES + grid[-LANES:].to(torch.int32)
+    elif mode == "stochastic":
+        dtype = torch.int64 if shape.wide_index else torch.int32
+        index = torch.arange(x.shape[0], device=x.device, dtype=dtype) + first.to(dtype)
+    out.copy_(round_kernel(x.to(compute), grid, seed, mode, overflow, shape, index))
+
+
+def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
+               mode: str, overflow: str, shape: Shape, compute: torch.dtype) -> None:
+    """``out[:] = round(x)`` for flat ``x`` and ``out`` (may be one object), by :func:`run`.
+
+    Stochastic rounding needs each element's index, and vectorised C++ builds an index
+    vector slowly (16 scalar inserts per vector: about half the kernel's time). So up to
+    ``2**31`` elements are rounded as rows of :data:`LANES`, index ``16 * row + lane``
+    (a loop counter and a load), and the last ``n % 16`` elements in a second call: the
+    indices, and so the bits, are those of one flat pass.
+    """
+    n = x.numel()
+    same = x is out
+    if mode != "stochastic" or shape.wide_index or n < LANES:
+        run(out, x, grid, seed, _zero(x.device), mode, overflow, shape, compute)
+        return
+    m = n - n % LANES
+    rows = out[:m].view(-1, LANES).detach()
+    run(rows, rows if same else x[:m].view(-1, LANES).detach(), grid, seed, _zero(x.device),
+        mode, overflow, shape, compute)
+    if m < n:
+        tail = out[m:].detach()
+        run(tail, tail if same else x[m:].detach(), grid, seed,
+            torch.tensor(m, dtype=torch.int32, device=x.device), mode, overflow, shape, compute)
+
+
+@functools.lru_cache(maxsize=16)
+def _zero(device: torch.device) -> torch.Tensor:
+    return torch.zeros((), dtype=torch.int32, device=device)
 
 
 _VARIANTS = 256
@@ -255,7 +301,7 @@ def run(*args: object) -> None:
     if _compiled is None:
         _compiled = torch.compile(quantize_into, dynamic=True)
     out, x = args[0], args[1]
-    variant = (*args[4:], x.dtype, out.dtype, x.device.type, x.numel() <= 1, x is out)
+    variant = (*args[5:], x.dtype, out.dtype, x.device.type, x.numel() <= 1, x is out, x.dim())
     try:
         if variant in _seen:
             _compiled(*args)

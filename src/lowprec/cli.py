@@ -40,7 +40,8 @@ from .models import MODELS
 from .recipe import Recipe, RecipeError
 from .report import write_report
 from .scaling import ScaledFormat
-from .sweep import PROBLEMS, SUMMARY, RayOptions, Sweep, SweepError, run_sweep
+from .sweep import Sweep, SweepError
+from .sweep_runner import PROBLEMS, SUMMARY, RayOptions, run_sweep
 
 __all__ = ["QUICK", "build_parser", "main"]
 

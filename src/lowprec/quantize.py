@@ -36,7 +36,8 @@ def _constants(fmt: Format, dtype: torch.dtype, rand_bits: int, device: torch.de
     """Compute dtype, the kernel's constants as a tensor on ``device``, and its shapes (for
     up to 2**31 elements, and more)."""
     compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
-    grid = (*_kernel.grid_constants(fmt, compute), _kernel.rand_mask(rand_bits))
+    grid = (*_kernel.grid_constants(fmt, compute), _kernel.rand_mask(rand_bits),
+            *range(_kernel.LANES))
     flags = (fmt.parity_from_exponent, fmt.grid_flush > fmt.grid_qmin,
              fmt.max == fmt.max_negative)
     return (compute, torch.tensor(grid, dtype=_kernel.int_dtype(compute), device=device),
@@ -93,7 +94,7 @@ def round_to_format(
     # are not recompiled for) the shape of the tensor they alias; in place, one object
     flat_out = target.view(-1).detach()
     same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and x.is_contiguous()
-    _kernel.run(
+    _kernel.round_flat(
         flat_out,
         flat_out if same else x.reshape(-1).detach(),
         grid,

@@ -2,12 +2,13 @@
 
 :func:`write_report` reads every run folder below a directory (``config.json``,
 ``metrics.jsonl``, ``status.json``, see :mod:`lowprec.experiment`), groups the runs by
-(data set, model) and recipe, and writes ``report.md`` with PNG and SVG plots next to it:
-a table of final/best test accuracy per recipe (mean ± sample std over seeds), the gap
-to fp32, accuracy and loss curves, per-layer error underflow/overflow rates from the
-telemetry, the modelled cost if :mod:`lowprec.cost` exists, the data provenance, the
-machine, and a verdict on each of the study's claims computed from the numbers. A folder
-holding a sweep (``sweep.json``) also gets :mod:`lowprec.sweep_report`'s section first.
+(data set, model) — and by number of epochs where those runs differ in it — and recipe,
+and writes ``report.md`` with PNG and SVG plots next to it: a table of final/best test
+accuracy per recipe (mean ± sample std over seeds), the gap to fp32, accuracy and loss
+curves, per-layer error underflow/overflow rates from the telemetry, the modelled cost if
+:mod:`lowprec.cost` exists, the data provenance, the machine, and a verdict on each of
+the study's claims computed from the numbers. A folder holding a sweep (``sweep.json``)
+also gets :mod:`lowprec.sweep_report`'s section first.
 """
 
 from __future__ import annotations
@@ -138,10 +139,33 @@ def _ordered(recipes: Sequence[str]) -> list[str]:
     return study + sorted(set(recipes) - set(study))
 
 
-def _group(runs: list[Run]) -> dict[tuple[str, str], dict[str, Summary]]:
-    by_key: dict[tuple[str, str], dict[str, list[Run]]] = {}
+#: a group of runs: ``(data set, model)``, or ``(data set, model, epochs)`` when the runs
+#: of that data set and model differ in their number of epochs (:func:`_lengths_differ`)
+GroupKey = tuple[Any, ...]
+
+
+def _lengths_differ(runs: list[Run]) -> bool:
+    """Whether runs of one (data set, model) must be split by number of epochs: finished
+    runs differ in it, or a (recipe, seed) was run with several (a sweep over ``epochs``,
+    finished or not). An unfinished run alone splits nothing: it adds no accuracy."""
+    finished = {r.config["epochs"] for r in runs if r.state != "incomplete"}
+    per_seed: dict[tuple[str, int], set[int]] = {}
+    for r in runs:
+        per_seed.setdefault((r.recipe, r.config["seed"]), set()).add(r.config["epochs"])
+    return len(finished) > 1 or any(len(n) > 1 for n in per_seed.values())
+
+
+def _group(runs: list[Run]) -> dict[GroupKey, dict[str, Summary]]:
+    """Runs by group and recipe: finished runs of different lengths are never pooled as seeds."""
+    by_model: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        key = (run.config["dataset"], run.config["model"])
+        by_model.setdefault((run.config["dataset"], run.config["model"]), []).append(run)
+    split = {key for key, rs in by_model.items() if _lengths_differ(rs)}
+    by_key: dict[GroupKey, dict[str, list[Run]]] = {}
+    for run in runs:
+        key: GroupKey = (run.config["dataset"], run.config["model"])
+        if key in split:
+            key = (*key, run.config["epochs"])
         by_key.setdefault(key, {}).setdefault(run.recipe, []).append(run)
     return {
         key: {r: Summary(r, sorted(rs[r], key=lambda x: x.config["seed"])) for r in _ordered(rs)}
@@ -413,9 +437,9 @@ def _table(s: dict[str, Summary]) -> list[str]:
     return lines
 
 
-def _group_section(key: tuple[str, str], s: dict[str, Summary], folder: Path,
+def _group_section(key: GroupKey, s: dict[str, Summary], folder: Path,
                    suffix: str) -> list[str]:
-    dataset, model = key
+    dataset, model = key[:2]
     runs = [r for sm in s.values() for r in sm.runs]
     cfg = runs[0].config
     provenance = sorted({r.config["data"]["provenance"] for r in runs})
@@ -425,7 +449,7 @@ def _group_section(key: tuple[str, str], s: dict[str, Summary], folder: Path,
     rates = _error_rates(s)
     telem = _telemetry_plot(rates, folder, f"telemetry{suffix}")
     out = [
-        f"## {dataset} / {model}",
+        f"## {dataset} / {model}" + (f" / {key[2]} epochs" if len(key) > 2 else ""),
         "",
         f"{len(runs)} runs of {'/'.join(map(str, epochs))} epochs, batch {cfg['batch_size']}, "
         f"solver: {_solver_text(cfg['solver'])}.",
@@ -491,7 +515,8 @@ def write_report(folder: str | Path) -> Path:
     ]
     lines += sweep_report.section(folder, runs)  # nothing unless folder holds a sweep
     for key, s in groups.items():
-        suffix = "" if len(groups) == 1 else f"-{key[0]}-{key[1]}"
+        suffix = "" if len(groups) == 1 else f"-{key[0]}-{key[1]}" + (
+            f"-epochs{key[2]}" if len(key) > 2 else "")
         lines += _group_section(key, s, folder, suffix)
     path = folder / "report.md"
     write_text(path, "\n".join(lines))

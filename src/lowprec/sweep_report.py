@@ -1,6 +1,6 @@
 """The sweep part of ``report.md``: accuracy over a grid of formats, from ``sweep.json``.
 
-When the report folder holds a sweep summary (:mod:`lowprec.sweep`), :func:`section`
+When the report folder holds a sweep summary (:mod:`lowprec.sweep_runner`), :func:`section`
 adds, for each (data set, model, epochs) of the sweep:
 
 - per format split (``float_split`` / ``fixed_split``): the final test accuracy, mean over
@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 from .experiment import read_json
 from .report import Run, mean_std, save_figure
-from .sweep import PROBLEMS, SUMMARY
+from .sweep_runner import PROBLEMS, SUMMARY
 
 __all__ = ["Point", "section"]
 
