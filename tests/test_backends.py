@@ -8,6 +8,9 @@ subnormals, ties, the overflow boundary, signed zeros, inf and NaN.
 
 from __future__ import annotations
 
+import itertools
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +83,42 @@ def test_compiled_float64_and_in_place(monkeypatch):
     y = x.clone()
     lp.quantize(y, "fp16", out=y)
     assert _same_bits(y, expected)
+
+
+def test_every_size_stays_compiled(monkeypatch):
+    """Sizes around the 16-element rows of stochastic rounding (one row, a tail, none),
+    and the sizes and storage offsets of 0 and 1 that dynamo specialises: same bits as
+    eager, and no variant falls out of the compiled path (dynamo's recompile limit, past
+    which it would warn and run eagerly)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.WARNING)
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    try:
+        # lowprec compiles each new variant under a higher limit; a graph compiled outside
+        # it (a variant key missing one of dynamo's specialisations) now warns at once
+        monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+        x = _inputs(torch.float32)
+        sizes = (1, 2, 5, 15, 16, 17, 31, 32, 33, 100, 1000)
+        cases = itertools.product((3, 0, 1), sizes, (False, True))  # offsets, grad mode
+        for start, n, grad in cases:
+            torch.set_grad_enabled(grad)
+            for mode in ("stochastic", "nearest"):
+                got = []
+                for backend in ("eager", "compiled"):
+                    monkeypatch.setenv("LOWPREC_BACKEND", backend)
+                    g = torch.Generator().manual_seed(n)
+                    got.append(lp.quantize(x[start:start + n], "fp12", mode, generator=g))
+                    y = x[start:start + n].clone()
+                    lp.quantize(y, "fp12", mode, generator=torch.Generator().manual_seed(n), out=y)
+                    assert _same_bits(y, got[-1]), (n, mode, backend)
+                assert _same_bits(*got), (n, mode)
+    finally:
+        torch.set_grad_enabled(True)
+        logger.removeHandler(handler)
+    assert not [r for r in records if "recompile_limit" in r.getMessage()]

@@ -288,6 +288,7 @@ def backend() -> str:
     return choice
 
 
+@torch.no_grad()  # the kernel's inputs are detached: one graph whatever the grad mode
 def run(*args: object) -> None:
     """:func:`quantize_into` through the current backend.
 
@@ -301,7 +302,9 @@ def run(*args: object) -> None:
     if _compiled is None:
         _compiled = torch.compile(quantize_into, dynamic=True)
     out, x = args[0], args[1]
-    variant = (*args[5:], x.dtype, out.dtype, x.device.type, x.numel() <= 1, x is out, x.dim())
+    # dynamo specialises sizes and storage offsets of 0 and 1 into graphs of their own
+    variant = (*args[5:], x.dtype, out.dtype, x.device.type, x.dim(), x is out, x.shape[0] <= 1,
+               x.storage_offset() <= 1, out.storage_offset() <= 1)
     try:
         if variant in _seen:
             _compiled(*args)
