@@ -112,7 +112,7 @@ def grid_constants(fmt: Any, dtype: torch.dtype) -> tuple[int, ...]:
     """The integers :func:`round_kernel` reads for format ``fmt`` in container ``dtype``.
 
     ``[max(P - m, 0), qmin + P + bias, code_bias - bias - P, max_bits, max_negative_bits,
-    special_bits, flush + bias, flush + P + bias, kmin_bits, rand_mask]``: ``P``/``bias`` are the
+    special_bits, flush + bias, flush + P + bias, kmin_bits]``: ``P``/``bias`` are the
     container's, ``m``/``qmin``/``flush`` the format's grid (``Format.grid_*``), the
     ``*_bits`` are bit patterns of the largest magnitudes, of what overflow gives under
     ``overflow="inf"`` (inf or NaN) and of the smallest step ``2**kmin`` (``qmin``, or
@@ -255,11 +255,11 @@ def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: tor
     n = x.numel()
     same = x is out
     if mode != "stochastic" or shape.wide_index or n < LANES:
-        run(out, x, grid, seed, _zero(x.device), mode, overflow, shape, compute)
+        run(out, x, grid, seed, zeros((), x.device), mode, overflow, shape, compute)
         return
     m = n - n % LANES
     rows = out[:m].view(-1, LANES).detach()
-    run(rows, rows if same else x[:m].view(-1, LANES).detach(), grid, seed, _zero(x.device),
+    run(rows, rows if same else x[:m].view(-1, LANES).detach(), grid, seed, zeros((), x.device),
         mode, overflow, shape, compute)
     if m < n:
         tail = out[m:].detach()
@@ -267,9 +267,10 @@ def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: tor
             torch.tensor(m, dtype=torch.int32, device=x.device), mode, overflow, shape, compute)
 
 
-@functools.lru_cache(maxsize=16)
-def _zero(device: torch.device) -> torch.Tensor:
-    return torch.zeros((), dtype=torch.int32, device=device)
+@functools.lru_cache(maxsize=32)
+def zeros(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A cached int32 zero tensor (an unused seed, a first index of 0): never written."""
+    return torch.zeros(size, dtype=torch.int32, device=device)
 
 
 _VARIANTS = 256

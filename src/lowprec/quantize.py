@@ -44,11 +44,6 @@ def _constants(fmt: Format, dtype: torch.dtype, rand_bits: int, device: torch.de
             _kernel.Shape(*flags, False), _kernel.Shape(*flags, True))
 
 
-@lru_cache(maxsize=16)
-def _no_seed(device: torch.device) -> torch.Tensor:
-    return torch.zeros(2, dtype=torch.int32, device=device)
-
-
 def _check_tensor(x: Any) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"quantize expects a torch.Tensor, got {type(x).__name__}")
@@ -88,7 +83,8 @@ def round_to_format(
     if x.numel() == 0:
         return out
     compute, grid, narrow, wide = _constants(fmt, x.dtype, bits, x.device)
-    seed = _draw_seed(generator, x.device) if rounding == "stochastic" else _no_seed(x.device)
+    stochastic = rounding == "stochastic"
+    seed = _draw_seed(generator, x.device) if stochastic else _kernel.zeros((2,), x.device)
     target = out if out.is_contiguous() else out.contiguous()
     # flat aliases that are not autograd views: compiled graphs then do not depend on (and
     # are not recompiled for) the shape of the tensor they alias; in place, one object
