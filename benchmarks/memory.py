@@ -38,8 +38,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lowprec import packing, recipes, training
-from lowprec.models import build_model
+from lowprec import recipes
+from lowprec.study.models import build_model
+from lowprec.train import packing
+from lowprec.train import prepare as training
 
 _STATUS = Path("/proc/self/status")
 

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 import lowprec as lp
-from lowprec import pot, recipes
-from lowprec.models import build_model
+from lowprec import recipes
+from lowprec.cost import analysis
+from lowprec.numerics import pot
+from lowprec.study.models import build_model
 
 
 def best_time(fn: Callable[[], torch.Tensor], repeat: int) -> tuple[float, torch.Tensor]:
@@ -88,7 +90,7 @@ def main() -> None:
                   f"{times['eager'] * 1e3:.1f} | {times['compiled'] * 1e3:.1f} | "
                   f"{times['compiled'] / t_op:.0f}x | {'yes' if same else 'NO'} |")
     torch.manual_seed(0)
-    r = pot.multiplications_removed(build_model("cifar10_quick"), (args.step_batch, 3, 32, 32),
+    r = analysis.multiplications_removed(build_model("cifar10_quick"), (args.step_batch, 3, 32, 32),
                                     recipes.get("pot7"))
     print(f"\ncifar10_quick, pot7, batch {args.step_batch}: {r['total']:,} of {r['products']:,} "
           f"products per training step are shifts ({r['total'] / r['products']:.1%}); "

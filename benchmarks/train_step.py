@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import lowprec as lp
-from lowprec.models import build_model, default_solver
+from lowprec.study.models import build_model, default_solver
 
 
 def stepper(recipe: str | None, batch: int, telemetry_every: int) -> Callable[[], None]:

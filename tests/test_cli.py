@@ -13,7 +13,7 @@ import pytest
 from test_experiment import tiny_digits
 
 from lowprec import cli, formats, recipes
-from lowprec.experiment import CONFIG, METRICS, STATUS
+from lowprec.study.runs import CONFIG, METRICS, STATUS
 
 
 @pytest.fixture

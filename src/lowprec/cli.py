@@ -29,19 +29,23 @@ import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from . import cost, distributed, formats, recipes
-from .data import DATASETS, DataError
-from .experiment import RunError, RunResult, RunSpec, load_data, train_run
-from .models import MODELS
-from .recipe import Recipe, RecipeError
-from .report import write_report
-from .scaling import ScaledFormat
-from .sweep import Sweep, SweepError
-from .sweep_runner import PROBLEMS, SUMMARY, RayOptions, run_sweep
+from .cost import tables as cost
+from .cost.energy import MEMORY_PJ_PER_64_BITS
+from .numerics import presets as formats
+from .numerics.scaling import ScaledFormat
+from .study.data import DATASETS, DataError
+from .study.models import MODELS, build_model
+from .study.report import write_report
+from .study.runs import RunError, RunResult, RunSpec, load_data, train_run
+from .study.sweep import Sweep, SweepError
+from .study.sweep_runner import PROBLEMS, SUMMARY, RayOptions, run_sweep
+from .train import distributed, recipes
+from .train.recipe import Recipe, RecipeError
 
 __all__ = ["QUICK", "build_parser", "main"]
 
@@ -131,17 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     _add_sweep(sub)
-    cost.add_cost_subcommand(sub)
+    _add_cost(sub)
     sub.add_parser("formats", help="list format presets").set_defaults(func=_formats)
     sub.add_parser("recipes", help="list recipe presets").set_defaults(func=_recipes)
     return parser
 
 
 def _recipe(args: argparse.Namespace) -> Recipe:
-    if args.recipe:
-        return recipes.get(args.recipe)
-    recipe = Recipe.from_file(args.recipe_file)
-    return recipe if recipe.name else recipe.replace(name=args.recipe_file.stem)
+    return recipes.resolve(args.recipe or args.recipe_file)
 
 
 def _spec(args: argparse.Namespace, recipe: Recipe, seed: int) -> RunSpec:
@@ -249,6 +250,46 @@ def _sweep(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in Counter(o.status for o in outcomes).items())
     print(f"sweep {sweep.name}: {counts}; summary {out / SUMMARY}; report: lowprec report {out}")
     return 1 if any(o.status in PROBLEMS for o in outcomes) else 0
+
+
+# -- cost -----------------------------------------------------------------------------------
+_DEFAULT_INPUT = {"small_cnn": (1, 8)}  # model: (channels, image size); others (3, 32)
+
+
+def _add_cost(sub: Any) -> None:
+    p = sub.add_parser("cost", help="modelled energy and memory of a recipe (lowprec.cost)")
+    p.add_argument("--model", default="cifar10_quick", choices=list(MODELS))
+    p.add_argument("--recipe", action="append", dest="recipes",
+                   help="preset name or TOML file; repeat for several (default: pot7)")
+    p.add_argument("--batch", type=_positive, default=100, help="inputs per training step")
+    p.add_argument("--memory", default="dram", choices=list(MEMORY_PJ_PER_64_BITS))
+    p.add_argument("--num-classes", type=_positive, default=10)
+    p.add_argument("--in-channels", type=_positive, help="default: 1 for small_cnn, else 3")
+    p.add_argument("--image-size", type=_positive, help="default: 8 for small_cnn, else 32")
+    p.add_argument("--per-layer", action="store_true", help="also print each layer")
+    p.add_argument("--out", type=Path, help="write cost.png and cost.svg into this folder")
+    p.set_defaults(func=_cost)
+
+
+def _cost(args: argparse.Namespace) -> int:
+    """Print the tables (and write the plots)."""
+    c, s = _DEFAULT_INPUT.get(args.model, (3, 32))
+    c, s = args.in_channels or c, args.image_size or s
+    torch.manual_seed(0)
+    model = build_model(args.model, args.num_classes, c, s)
+    rows = cost.recipe_table(model, (args.batch, c, s, s), args.recipes or ["pot7"],
+                             memory=args.memory, per_layer=args.per_layer)
+    print(f"{args.model}: {cost.note(args.batch, args.memory)}\n")
+    print(cost.format_table(rows))
+    for r in rows if args.per_layer else ():
+        print(f"\n{r['recipe']} per layer (* = needs a multiplier; modelled):\n")
+        print(cost.format_layers(r["layers"], args.memory))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for path in cost.plot(rows, args.out / "cost", f"{args.model}, batch {args.batch}: "
+                              "modelled cost, ratio to fp32"):
+            print(f"wrote {path}")
+    return 0
 
 
 def _formats(args: argparse.Namespace) -> int:

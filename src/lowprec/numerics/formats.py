@@ -37,10 +37,9 @@ __all__ = [
     "FixedPoint",
     "FloatingPoint",
     "PowerOfTwo",
-    "get",
-    "names",
-    "register",
-    "describe",
+    "ParameterError",
+    "STANDARD",
+    "standard",
 ]
 
 SPECIALS = ("ieee", "fn", "none")
@@ -450,63 +449,48 @@ class PowerOfTwo(FloatingPoint):
         return f"PowerOfTwo(exp_bits={self.exp_bits}, emax={self.emax})"
 
 
-# ---------------------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------------------
-
-_PRESETS: dict[str, tuple[Callable[[], Format], str]] = {}
+# -- the standard formats by name (lowprec.numerics.presets adds the scaled ones) ---------
+STANDARD: dict[str, tuple[Callable[[], Format], str]] = {}
 
 
-def register(name: str, factory: Callable[[], Format], doc: str) -> None:
-    """Add a named preset (``factory`` builds the format; ``doc`` says where it comes from)."""
-    _PRESETS[name] = (factory, doc)
+def _standard(name: str, factory: Callable[[], Format], doc: str) -> None:
+    STANDARD[name] = (factory, doc)
 
 
-def names() -> list[str]:
-    """Names of all presets."""
-    return list(_PRESETS)
-
-
-def get(name: str) -> Format:
-    """The preset called ``name`` (see :func:`names`)."""
-    if isinstance(name, Format):
-        return name
+def standard(name: str) -> Format:
+    """The unscaled standard format called ``name`` (``fp32``, ``bf16``, ``fp8_e4m3``, ...)."""
     try:
-        return _PRESETS[name][0]()
+        return STANDARD[name][0]()
     except KeyError:
-        raise ValueError(f"unknown format {name!r}; known presets: {', '.join(names())}") from None
+        raise ValueError(
+            f"unknown format {name!r}; standard formats: {', '.join(STANDARD)}"
+        ) from None
 
 
-def describe(name: str) -> str:
-    """One line on where the preset comes from."""
-    get(name)
-    return _PRESETS[name][1]
-
-
-register("fp32", lambda: FloatingPoint(8, 23), "IEEE binary32")
-register("bf16", lambda: FloatingPoint(8, 7), "bfloat16 (Google Brain)")
-register("fp16", lambda: FloatingPoint(5, 10), "IEEE binary16")
-register("fp8_e4m3", lambda: FloatingPoint(4, 3, specials="fn"), "OCP FP8 E4M3 (float8_e4m3fn)")
-register("fp8_e5m2", lambda: FloatingPoint(5, 2), "OCP FP8 E5M2 (IEEE-like)")
-register("fp6_e3m2", lambda: FloatingPoint(3, 2, specials="none"), "OCP MX FP6 E3M2")
-register("fp6_e2m3", lambda: FloatingPoint(2, 3, specials="none"), "OCP MX FP6 E2M3")
-register("fp4_e2m1", lambda: FloatingPoint(2, 1, specials="none"), "OCP MX FP4 E2M1")
-register("int8", lambda: FixedPoint(8, 0), "8-bit two's complement integer")
-register(
+_standard("fp32", lambda: FloatingPoint(8, 23), "IEEE binary32")
+_standard("bf16", lambda: FloatingPoint(8, 7), "bfloat16 (Google Brain)")
+_standard("fp16", lambda: FloatingPoint(5, 10), "IEEE binary16")
+_standard("fp8_e4m3", lambda: FloatingPoint(4, 3, specials="fn"), "OCP FP8 E4M3 (float8_e4m3fn)")
+_standard("fp8_e5m2", lambda: FloatingPoint(5, 2), "OCP FP8 E5M2 (IEEE-like)")
+_standard("fp6_e3m2", lambda: FloatingPoint(3, 2, specials="none"), "OCP MX FP6 E3M2")
+_standard("fp6_e2m3", lambda: FloatingPoint(2, 3, specials="none"), "OCP MX FP6 E2M3")
+_standard("fp4_e2m1", lambda: FloatingPoint(2, 1, specials="none"), "OCP MX FP4 E2M1")
+_standard("int8", lambda: FixedPoint(8, 0), "8-bit two's complement integer")
+_standard(
     "fxp12",
     lambda: FixedPoint(12, 8),
     "study: 12-bit fixed point, 1 sign + 3 integer + 8 fraction bits (range ±8, step 2**-8); "
     "the study's split is unknown, this one fits the normalised activations and weights of "
     "its networks and leaves small errors to stochastic rounding",
 )
-register(
+_standard(
     "fp12",
     lambda: FloatingPoint(6, 5, specials="none"),
     "study: 12-bit float, 1 sign + 6 exponent + 5 mantissa bits, bias 31, no inf/NaN codes "
     "(range 2**-35 .. 2**32, as the study's emulation keeps every code finite); "
     "6 exponent bits cover gradients and activations without scaling",
 )
-register(
+_standard(
     "pot7",
     lambda: PowerOfTwo(6, emax=31),
     "study: 7-bit power of two, 1 sign + 6 exponent bits, values 0 and ±2**e for e in "

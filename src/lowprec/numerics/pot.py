@@ -31,13 +31,11 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from . import _kernel
+from . import kernel
 
 __all__ = [
     "check_pow2",
@@ -47,7 +45,6 @@ __all__ = [
     "linear",
     "linear_grad_input",
     "linear_grad_weight",
-    "multiplications_removed",
     "mul",
     "pow2_matmul",
 ]
@@ -108,9 +105,9 @@ _compile_failed = False
 
 
 def _products(*fields: torch.Tensor) -> torch.Tensor:
-    """:func:`_combine` through the backend of :func:`lowprec._kernel.backend`."""
+    """:func:`_combine` through the backend of :func:`lowprec.kernel.backend`."""
     global _compiled, _compile_failed
-    if _kernel.backend() == "eager" or _compile_failed:
+    if kernel.backend() == "eager" or _compile_failed:
         return _combine(*fields)
     if _compiled is None:
         _compiled = torch.compile(_combine, dynamic=True)
@@ -236,21 +233,3 @@ def conv2d_grad_weight(err: torch.Tensor, x: torch.Tensor, kernel_size: IntPair,
     e = err.reshape(b, o, -1).transpose(0, 1).reshape(o, -1)
     dw = pow2_matmul(e, cols.transpose(0, 1).reshape(cols.shape[1], -1), reference=reference)
     return dw.reshape(o, x.shape[1], kh, kw)
-
-
-def multiplications_removed(model: nn.Module, input_shape: tuple[int, ...],
-                            recipe: Any) -> dict[str, Any]:
-    """Products per training step that a recipe turns into shifts (a power-of-two operand).
-
-    ``input_shape`` is ``(batch, *one input)``; ``recipe``: a Recipe, preset name or
-    ``{class: format}`` dict (see :func:`lowprec.cost.analyse`, which finds the layers
-    and which operands are powers of two). Returns ``{"layers": {name: {"forward",
-    "grad_input", "grad_weight"}}, "total": removed, "products": all products}``.
-    """
-    from .cost import analyse
-
-    layers = analyse(model, input_shape, recipe)
-    per = {la.name: {k: n if shift else 0 for k, (n, shift) in la.products().items()}
-           for la in layers}
-    return {"layers": per, "total": sum(sum(d.values()) for d in per.values()),
-            "products": sum(n for la in layers for n, _ in la.products().values())}

@@ -51,10 +51,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import formats
-from .formats import FixedPoint, Format, _require_int
-from .quantinfo import QuantInfo
-from .quantize import round_to_format
+from .cast import round_to_format
+from .formats import Format, _require_int, standard
+from .telemetry import QuantInfo
 
 __all__ = ["Scaling", "ScaleState", "ScaledFormat", "scaled_round"]
 
@@ -198,7 +197,7 @@ def _scale_format(value: Format | str) -> Format:
     if isinstance(value, ScaledFormat) or not isinstance(value, Format | str):
         raise ValueError(f"scale_format={value!r} must be 'pow2', a preset name or a Format")
     try:
-        fmt = formats.get(value) if isinstance(value, str) else value
+        fmt = standard(value) if isinstance(value, str) else value
     except ValueError:
         raise ValueError(
             f"scale_format={value!r} is unknown; allowed: 'pow2', a Format or a preset name"
@@ -454,36 +453,3 @@ def scaled_round(
 def _info(x: torch.Tensor, y: torch.Tensor, fmt: Format, scale: torch.Tensor | None,
           scales: torch.Tensor | None) -> QuantInfo:
     return replace(QuantInfo.measure(x, y, fmt, scale=scale), scales=scales)
-
-
-# ---------------------------------------------------------------------------------------
-# Presets: OCP Microscaling v1.0 (blocks of 32, E8M0 scales) and NVIDIA NVFP4
-# ---------------------------------------------------------------------------------------
-
-_MX = Scaling(granularity="block", block=32, axis=-1)
-for _name, _elem in [("mxfp8_e4m3", "fp8_e4m3"), ("mxfp8_e5m2", "fp8_e5m2"),
-                     ("mxfp6_e3m2", "fp6_e3m2"), ("mxfp6_e2m3", "fp6_e2m3"),
-                     ("mxfp4_e2m1", "fp4_e2m1")]:
-    formats.register(
-        _name,
-        lambda e=_elem: ScaledFormat(formats.get(e), _MX),
-        f"OCP MX v1.0 {_elem} elements, blocks of 32 along the last axis, E8M0 scale "
-        "2**(floor(log2 amax) - emax_elem)",
-    )
-formats.register(
-    "mxint8",
-    lambda: ScaledFormat(FixedPoint(8, 6), _MX),
-    "OCP MX v1.0 INT8: two's complement elements k * 2**-6 (range [-2, 127/64]), blocks of "
-    "32 along the last axis, E8M0 scale 2**floor(log2 amax)",
-)
-formats.register(
-    "nvfp4",
-    lambda: ScaledFormat(
-        formats.get("fp4_e2m1"),
-        Scaling(granularity="block", block=16, axis=-1, scale_format="fp8_e4m3",
-                rounding="even", tensor_scale=True),
-    ),
-    "NVIDIA NVFP4: E2M1 elements, blocks of 16 along the last axis, E4M3 block scales "
-    "(nearest) under a float32 per-tensor scale amax / (448 * 6)",
-)
-del _name, _elem

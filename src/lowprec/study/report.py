@@ -13,8 +13,6 @@ also gets :mod:`lowprec.sweep_report`'s section first.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -23,59 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .experiment import CONFIG, STATUS, atomic_write, read_json, read_metrics, write_text
-from .recipes import STUDY as STUDY_RECIPES
+from ..cost.tables import report_section
+from ..train.recipes import STUDY as STUDY_RECIPES
+from . import sweep_report
+from .models import build_model
+from .results import Run, load_runs, mean_std, save_figure
+from .runs import CONFIG, write_text
 
-__all__ = ["CLOSE_PTS", "INADEQUATE_PTS", "Run", "claims", "load_runs", "mean_std", "save_figure",
-           "write_report"]
+__all__ = ["CLOSE_PTS", "INADEQUATE_PTS", "claims", "write_report"]
 
 #: a recipe within this many accuracy points of fp32 is "close to fp32" / "loses little"
 CLOSE_PTS = 2.0
 #: a recipe this many points or more below fp32 (or diverged) is "not adequate"
 INADEQUATE_PTS = 5.0
-
-
-@dataclass
-class Run:
-    """One run folder as saved: its config, per-epoch metrics and final status."""
-
-    path: Path
-    config: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    status: dict[str, Any] | None
-
-    @property
-    def state(self) -> str:
-        """``"done"``, ``"diverged"`` or ``"incomplete"`` (no ``status.json`` yet)."""
-        return self.status["status"] if self.status else "incomplete"
-
-    @property
-    def recipe(self) -> str:
-        return self.config["recipe_name"]
-
-    @property
-    def final_acc(self) -> float | None:
-        """Test accuracy after the last epoch of a finished run (None: diverged/incomplete)."""
-        return self.metrics[-1]["test_acc"] if self.state == "done" and self.metrics else None
-
-    @property
-    def best_acc(self) -> float | None:
-        """Best test accuracy over the epochs of a finished run."""
-        done = self.state == "done" and self.metrics
-        return max(m["test_acc"] for m in self.metrics) if done else None
-
-
-def load_runs(folder: str | Path) -> list[Run]:
-    """Every run folder (one holding ``config.json``) below ``folder``, sorted by path."""
-    runs = []
-    for cfg in sorted(Path(folder).rglob(CONFIG)):
-        status = cfg.with_name(STATUS)
-        runs.append(Run(cfg.parent, read_json(cfg), read_metrics(cfg.parent),
-                        read_json(status) if status.exists() else None))
-    return runs
 
 
 # -- numbers --------------------------------------------------------------------------------
@@ -119,15 +79,6 @@ class Summary:
         parts = [f"{n}/{len(self.runs)} {s}" for s, n in counts.items() if n]
         reasons = sorted({r.status["reason"] for r in self.runs if r.state == "diverged"})
         return ", ".join(parts) + "".join(f"<br>{_md_escape(x)}" for x in reasons)
-
-
-def mean_std(values: Sequence[float]) -> str:
-    """``"76.00%"``, or ``"76.00 ± 1.00%"`` (mean ± sample std) for several; ``"—"`` for none."""
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.2f}%"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}%"
 
 
 def _md_escape(text: str) -> str:
@@ -327,15 +278,6 @@ def _telemetry_text(rates: dict[str, dict[str, dict[str, float]]]) -> list[str]:
 # -- plots ----------------------------------------------------------------------------------
 
 
-def save_figure(fig: Figure, folder: Path, stem: str) -> str:
-    """Write ``stem``.png and ``stem``.svg atomically; returns the PNG's name."""
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    for ext in ("png", "svg"):
-        atomic_write(folder / f"{stem}.{ext}", lambda fh, e=ext: fig.savefig(fh, format=e, dpi=120))
-    return f"{stem}.png"
-
-
 def _curve(ax: Axes, summary: Summary, key: str, scale: float) -> None:
     """Mean over seeds of ``key`` per epoch, with a ± std band when several seeds."""
     series = [[scale * m[key] for m in r.metrics] for r in summary.runs if r.metrics]
@@ -397,16 +339,13 @@ def _telemetry_plot(rates: dict[str, dict[str, dict[str, float]]], folder: Path,
 
 
 def _cost_section(model: str, s: dict[str, Summary]) -> list[str]:
-    """Modelled memory/energy from :mod:`lowprec.cost` when that module exists: its
-    ``report_section(model, recipes, input_shape=, num_classes=, batch=)``, ``recipes``
-    mapping names to recipe dicts (as saved in ``config.json``), returns Markdown."""
-    if importlib.util.find_spec("lowprec.cost") is None:
-        return ["cost model: not available in this version"]
-    cost = importlib.import_module("lowprec.cost")
+    """Modelled memory/energy of the group's recipes (:mod:`lowprec.cost`), on the model
+    and input shape the runs trained (recipes as saved in ``config.json``)."""
     cfg = next(iter(s.values())).runs[0].config
+    shape = cfg["data"]["input_shape"]
+    net = build_model(model, cfg["data"]["num_classes"], shape[0], shape[1])
     recipes = {r: sm.runs[0].config["recipe"] for r, sm in s.items()}
-    return [cost.report_section(model, recipes, input_shape=cfg["data"]["input_shape"],
-                                num_classes=cfg["data"]["num_classes"], batch=cfg["batch_size"])]
+    return [report_section(net, (cfg["batch_size"], *shape), recipes)]
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -496,8 +435,6 @@ def _solver_text(solver: dict[str, Any]) -> str:
 
 def write_report(folder: str | Path) -> Path:
     """Write ``report.md`` and its plots into ``folder`` from the runs below it."""
-    from . import sweep_report  # here: it imports this module
-
     folder = Path(folder)
     runs = load_runs(folder)
     if not runs:

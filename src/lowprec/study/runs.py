@@ -43,6 +43,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,11 +52,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, training
+from ..train import prepare as training
+from ..train.distributed import World, current
+from ..train.recipe import TENSOR_CLASSES, Recipe
 from .data import Dataset
-from .distributed import World, current
 from .models import SolverConfig, build_model, default_solver
-from .recipe import TENSOR_CLASSES, Recipe
 
 __all__ = [
     "CHECKPOINT",
@@ -166,7 +167,7 @@ def environment(device: str) -> dict[str, Any]:
     """Versions and machine: lowprec, torch, Python, host, CPU, device."""
     dev = torch.device(device)
     return {
-        "lowprec": __version__,
+        "lowprec": version("lowprec"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -60,12 +60,13 @@ from typing import Any
 
 import torch
 
-from . import formats, recipes
+from ..numerics import presets as formats
+from ..numerics.formats import FixedPoint, FloatingPoint, Format
+from ..train import recipes
+from ..train.recipe import QuantSpec, Recipe
 from .data import DATASETS
-from .experiment import RunSpec
-from .formats import FixedPoint, FloatingPoint, Format
 from .models import MODELS
-from .recipe import QuantSpec, Recipe
+from .runs import RunSpec
 
 if sys.version_info >= (3, 11):
     import tomllib

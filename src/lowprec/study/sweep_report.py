@@ -28,8 +28,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from .experiment import read_json
-from .report import Run, mean_std, save_figure
+from .results import Run, mean_std, save_figure
+from .runs import read_json
 from .sweep_runner import PROBLEMS, SUMMARY
 
 __all__ = ["Point", "section"]

@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Dataset
-from .experiment import (
+from .runs import (
     CHECKPOINT,
     CONFIG,
     STATUS,

@@ -60,8 +60,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import training
-from .quantize import quantize
+from ..numerics.quantize import quantize
+from . import prepare as training
 from .recipe import QuantSpec
 
 __all__ = ["GradComm", "World", "current", "grad_comm_hook", "init", "launched", "teardown"]

@@ -51,7 +51,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, get
+from ..numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from ..numerics.presets import get
 from .recipe import QuantSpec, Recipe
 
 __all__ = [

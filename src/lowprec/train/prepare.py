@@ -73,9 +73,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..numerics.quantize import quantize
+from ..numerics.telemetry import TelemetryLog
 from . import recipes
-from .quantinfo import TelemetryLog
-from .quantize import quantize
+from .packing import PackHook
 from .recipe import POSITIONS, QuantSpec, Recipe
 
 __all__ = [
@@ -310,13 +311,6 @@ class _RoundOutput(torch.autograd.Function):
         return g, None, None, None
 
 
-def _as_recipe(recipe: Recipe | str) -> Recipe:
-    recipe = recipes.get(recipe) if isinstance(recipe, str) else recipe
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"recipe must be a lowprec.Recipe or preset name, got {recipe!r}")
-    return recipe
-
-
 def _run(model: nn.Module) -> _Run:
     run = model.__dict__.get(_ATTR)
     if run is None:
@@ -343,7 +337,7 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
     Returns ``model`` itself. Raises ``ValueError`` if it is already prepared, has no
     layer of a registered type, or an override glob matches no such layer.
     """
-    recipe = _as_recipe(recipe)
+    recipe = recipes.resolve(recipe)
     if _ATTR in model.__dict__:
         raise ValueError("model is already prepared: call lowprec.unprepare(model) first")
     if type(telemetry_every) is not int or telemetry_every < 0:
@@ -364,8 +358,6 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
             run.layers.append(_attach(name or "model", module, specs, run))
     run.handles.append(model.register_forward_pre_hook(run.begin_pass, prepend=True))
     if recipe.pack if pack is None else pack:
-        from .packing import PackHook
-
         run.pack_hook = PackHook(recipe)
         run.handles += run.pack_hook.attach(model)
     model.__dict__[_ATTR] = run
@@ -459,7 +451,7 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer,
     """
     if getattr(optimizer, "_lowprec_wrapped", False):
         raise ValueError("optimizer is already wrapped")
-    expected = None if recipe is None else _as_recipe(recipe)
+    expected = None if recipe is None else recipes.resolve(recipe)
     if expected is not None and any(lay.run.recipe != expected for lay, *_ in _owned(optimizer)):
         raise ValueError("wrap_optimizer: the recipe differs from the one the model was "
                          "prepared with")

@@ -63,10 +63,10 @@ from typing import Any
 
 import tomli_w
 
-from . import formats
-from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
-from .rounding import check_mode, check_overflow, check_rand_bits
-from .scaling import Scaling
+from ..numerics import presets
+from ..numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from ..numerics.rounding import check_mode, check_overflow, check_rand_bits
+from ..numerics.scaling import Scaling
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,7 +100,7 @@ class QuantSpec:
     overflow: str | None = None
 
     def __post_init__(self) -> None:
-        fmt = formats.get(self.format) if isinstance(self.format, str) else self.format
+        fmt = presets.get(self.format) if isinstance(self.format, str) else self.format
         if not isinstance(fmt, Format):
             raise TypeError(f"format must be a lowprec Format or preset name, got {fmt!r}")
         object.__setattr__(self, "format", fmt)
@@ -165,7 +165,7 @@ _FORMAT_KINDS: dict[str, tuple[type[Format], tuple[str, ...], tuple[str, ...]]] 
 
 def _format_from_toml(value: Any) -> Format:
     if isinstance(value, str):
-        return formats.get(value)
+        return presets.get(value)
     if not isinstance(value, Mapping):
         raise RecipeError(f"format must be a preset name or a table, got {value!r}")
     kind = value.get("kind")
@@ -177,8 +177,8 @@ def _format_from_toml(value: Any) -> Format:
 
 
 def _format_to_toml(fmt: Format) -> str | dict[str, Any]:
-    for name in formats.names():
-        if formats.get(name) == fmt:
+    for name in presets.names():
+        if presets.get(name) == fmt:
             return name
     if isinstance(fmt, PowerOfTwo):
         return {"kind": "pow2", "exp_bits": fmt.exp_bits, "emax": fmt.emax}

@@ -9,11 +9,15 @@ are never shared between runs.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 from .recipe import Recipe
 
-__all__ = ["describe", "get", "names", "STUDY"]
+__all__ = ["describe", "get", "names", "resolve", "STUDY"]
 
 STUDY = ("fp32", "fxp12_sr", "fp12_sr", "fxp12_sr_ls", "fp12_sr_ls", "pot7")
 _DIR = "recipe_presets"
@@ -39,6 +43,26 @@ def get(name: str) -> Recipe:
     if recipe.name != name:
         raise ValueError(f"preset file {name}.toml names itself {recipe.name!r}")
     return recipe
+
+
+def resolve(recipe: Recipe | str | os.PathLike[str] | Mapping[str, Any] | None) -> Recipe:
+    """The one recipe resolver: a Recipe as is; ``None`` is fp32; a mapping is a recipe
+    table (``Recipe.from_dict``); a path to an existing file is a TOML recipe (named after
+    the file when it names itself nothing); any other string is a preset name."""
+    if recipe is None:
+        return Recipe(name="fp32")
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, Mapping):
+        return Recipe.from_dict(recipe)
+    if not isinstance(recipe, str | os.PathLike):
+        raise TypeError(f"recipe must be a lowprec.Recipe, a preset name, a TOML path or a "
+                        f"table, got {recipe!r}")
+    path = Path(recipe)
+    if isinstance(recipe, os.PathLike) or path.suffix == ".toml" or path.is_file():
+        loaded = Recipe.from_file(path)
+        return loaded if loaded.name else loaded.replace(name=path.stem)
+    return get(recipe)
 
 
 def describe(name: str) -> str:

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowprec as lp
-import lowprec.training
-from lowprec.data import load_dataset
-from lowprec.models import build_model
+import lowprec.train.prepare
+from lowprec.study.data import load_dataset
+from lowprec.study.models import build_model
 
 FP32 = lp.FloatingPoint(8, 23)  # rounding a float32 tensor into it is the identity
 IDENTITY = lp.Recipe(**dict.fromkeys(lp.recipe.TENSOR_CLASSES, FP32))
@@ -393,7 +393,7 @@ def _pot7_weights_after_steps(pack: bool | None, recipe: lp.Recipe | str = "pot7
         opt.zero_grad()
         loss.backward()
         opt.step()
-    hook = lowprec.training._run(model).pack_hook
+    hook = lowprec.train.prepare._run(model).pack_hook
     return [p.detach().clone() for p in model.parameters()], hook and hook.packed
 
 

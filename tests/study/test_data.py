@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-import lowprec.data as data_mod
-from lowprec.data import (
+import lowprec.study.data as data_mod
+from lowprec.study.data import (
     CIFAR10_URL,
     DATASETS,
     DataError,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import lowprec as lp
-from lowprec import pot
-from lowprec.models import build_model
+from lowprec.numerics import pot
+from lowprec.study.models import build_model
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -147,21 +147,3 @@ def test_products_of_a_pot7_network_are_bit_exact() -> None:
         got, ref = _layer_products(m, x, err, False), _layer_products(m, x, err, True)
         for k in got:
             assert torch.equal(_bits(got[k]), _bits(ref[k])), (name, k)
-
-
-def test_multiplications_removed_by_pot7_in_cifar10_quick() -> None:
-    torch.manual_seed(0)
-    model = build_model("cifar10_quick")
-    pot7 = {"activation": "pot7", "error": "pot7", "weight": "fp12", "update": "fp12"}
-    r = pot.multiplications_removed(model, (1, 3, 32, 32), pot7)
-    per_image = {"conv1": 2_457_600, "conv2": 6_553_600, "conv3": 3_276_800, "ip1": 65_536,
-                 "ip2": 640}
-    layers = r["layers"]
-    for name in ("conv2", "ip2"):  # fed by ReLU/max-pool or directly: all three are shifts
-        assert layers[name] == dict.fromkeys(("forward", "grad_input", "grad_weight"),
-                                             per_image[name])
-    assert layers["conv1"] == {"forward": 0, "grad_input": 0, "grad_weight": 2_457_600}
-    for name in ("conv3", "ip1"):  # fed by an average pool: the forward needs multipliers
-        assert layers[name]["forward"] == 0 and layers[name]["grad_weight"] == per_image[name]
-    assert r["products"] == 3 * sum(per_image.values()) - per_image["conv1"]
-    assert r["total"] == r["products"] - sum(per_image[n] for n in ("conv1", "conv3", "ip1"))

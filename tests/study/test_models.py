@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowprec.models import (
+from lowprec.study.models import (
     MODELS,
     SOLVERS,
     CifarResNet,
@@ -240,7 +240,7 @@ def test_scheduler_steps_per_iteration() -> None:
 
 def test_small_cnn_learns_digits_quickly() -> None:
     pytest.importorskip("sklearn")
-    from lowprec.data import load_dataset
+    from lowprec.study.data import load_dataset
 
     torch.manual_seed(0)
     ds = load_dataset("digits")

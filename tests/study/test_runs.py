@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowprec import experiment, recipes
-from lowprec.data import Dataset
-from lowprec.experiment import (
+from lowprec import recipes
+from lowprec.study import runs as experiment
+from lowprec.study.data import Dataset
+from lowprec.study.runs import (
     CHECKPOINT,
     METRICS,
     STATUS,
@@ -23,7 +24,7 @@ from lowprec.experiment import (
     train_run,
     write_text,
 )
-from lowprec.recipe import Recipe
+from lowprec.train.recipe import Recipe
 
 
 def tiny_digits(n_train: int = 64, n_test: int = 64) -> Dataset:

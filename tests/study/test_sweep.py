@@ -15,9 +15,12 @@ import pytest
 import torch
 from test_experiment import comparable
 
-from lowprec import cli, sweep_runner
-from lowprec.data import Dataset
-from lowprec.experiment import (
+from lowprec import cli
+from lowprec.numerics.formats import FixedPoint, FloatingPoint
+from lowprec.study import sweep_runner
+from lowprec.study.data import Dataset
+from lowprec.study.report import write_report
+from lowprec.study.runs import (
     CHECKPOINT,
     CONFIG,
     METRICS,
@@ -30,10 +33,8 @@ from lowprec.experiment import (
     write_json,
     write_text,
 )
-from lowprec.formats import FixedPoint, FloatingPoint
-from lowprec.report import write_report
-from lowprec.sweep import Sweep, SweepError
-from lowprec.sweep_runner import SUMMARY, RayOptions
+from lowprec.study.sweep import Sweep, SweepError
+from lowprec.study.sweep_runner import SUMMARY, RayOptions
 
 #: three runs of two short epochs: fp32 and fp12_sr with 4 or 6 exponent bits
 TINY = """

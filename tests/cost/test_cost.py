@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
 import lowprec as lp
-from lowprec import cost
-from lowprec.models import build_model
-from lowprec.recipe import Recipe
+from lowprec import cli
+from lowprec.cost import analysis, energy, tables
+from lowprec.study.models import build_model
+from lowprec.train.recipe import Recipe
 
 POT7 = {"activation": "pot7", "error": "pot7", "weight": "fp12", "update": "fp12"}
 # cifar10_quick, one 3x32x32 image: out_elems x in_channels x 5 x 5 (ip: out x in)
@@ -21,7 +20,7 @@ QUICK_MACS = {"conv1": 32 * 32 * 32 * 3 * 25, "conv2": 32 * 16 * 16 * 32 * 25,
 def _layers(model_name: str, recipe, batch: int = 1, shape=(3, 32, 32)):
     torch.manual_seed(0)
     model = build_model(model_name, 10, shape[0], shape[1])
-    return {la.name: la for la in cost.analyse(model, (batch, *shape), recipe)}
+    return {la.name: la for la in analysis.analyse(model, (batch, *shape), recipe)}
 
 
 def test_cifar10_quick_mac_counts_by_hand() -> None:
@@ -33,31 +32,34 @@ def test_cifar10_quick_mac_counts_by_hand() -> None:
     assert not one["conv1"].grad_input and all(one[n].grad_input for n in QUICK_MACS
                                                if n != "conv1")
     assert one["conv1"].params == 32 * 3 * 25 + 32 and one["ip2"].params == 650
-    s = cost.summarize(list(one.values()))
+    s = analysis.summarize(list(one.values()))
     assert s["products"] == 3 * sum(QUICK_MACS.values()) - QUICK_MACS["conv1"]
 
 
 def test_fp32_recipe_ratio_is_exactly_one() -> None:
-    rows = cost.recipe_table("small_cnn", [Recipe(name="fp32"), POT7], batch=8)
-    assert [rows[0][f"{k}_ratio"] for k in cost.RATIOS] == [1.0] * len(cost.RATIOS)
+    torch.manual_seed(0)
+    rows = tables.recipe_table(build_model("small_cnn", 10, 1, 8), (8, 1, 8, 8),
+                               [Recipe(name="fp32"), POT7])
+    assert [rows[0][f"{k}_ratio"] for k in tables.RATIOS] == [1.0] * len(tables.RATIOS)
     assert rows[0]["kind"] == "modelled" and rows[0]["multiplier_products"] == rows[0]["products"]
-    assert all(rows[1][f"{k}_ratio"] < 1 for k in cost.RATIOS)
+    assert all(rows[1][f"{k}_ratio"] < 1 for k in tables.RATIOS)
 
 
 def test_energy_rules_hit_the_table_and_grow_with_bits() -> None:
-    assert cost.energy(cost.INT_ADD, 8) == 0.03 and cost.energy(cost.INT_ADD, 32) == 0.1
-    assert cost.energy(cost.FLOAT_MUL, 24 * 24) == 3.7 and cost.energy(cost.INT_MUL, 64) == 0.2
-    assert cost.energy(cost.FLOAT_ADD, 64) == pytest.approx(1.8)  # proportional beyond
-    for table in (cost.INT_ADD, cost.FLOAT_ADD, cost.INT_MUL, cost.FLOAT_MUL):
-        values = [cost.energy(table, d) for d in range(0, 3000, 7)]
+    assert energy.energy(energy.INT_ADD, 8) == 0.03 and energy.energy(energy.INT_ADD, 32) == 0.1
+    assert energy.energy(energy.FLOAT_MUL, 24 * 24) == 3.7
+    assert energy.energy(energy.INT_MUL, 64) == 0.2
+    assert energy.energy(energy.FLOAT_ADD, 64) == pytest.approx(1.8)  # proportional beyond
+    for table in (energy.INT_ADD, energy.FLOAT_ADD, energy.INT_MUL, energy.FLOAT_MUL):
+        values = [energy.energy(table, d) for d in range(0, 3000, 7)]
         assert values == sorted(values) and values[0] == 0
     fp32 = lp.formats.get("fp32")
-    floats = [cost.product_pj(lp.FloatingPoint(5, m), fp32) for m in range(0, 12)]
-    fixed = [cost.product_pj(lp.FixedPoint(w, 0), lp.FixedPoint(w, 0)) for w in range(2, 33)]
+    floats = [energy.product_pj(lp.FloatingPoint(5, m), fp32) for m in range(0, 12)]
+    fixed = [energy.product_pj(lp.FixedPoint(w, 0), lp.FixedPoint(w, 0)) for w in range(2, 33)]
     assert floats[1:] == sorted(floats[1:]) and fixed == sorted(fixed)
     assert floats[0] < floats[1]  # man = 0 is a power of two: a shift
-    assert cost.product_pj(lp.formats.get("pot7"), fp32) == cost.energy(cost.INT_ADD, 8)
-    bits = [sum(cost.LayerCost("l", 10, True, 5, 7, 3,
+    assert energy.product_pj(lp.formats.get("pot7"), fp32) == energy.energy(energy.INT_ADD, 8)
+    bits = [sum(analysis.LayerCost("l", 10, True, 5, 7, 3,
                                dict.fromkeys([*lp.recipe.TENSOR_CLASSES, "input"],
                                              lp.FixedPoint(w, 0))).moved_bits().values())
             for w in range(2, 33)]
@@ -81,21 +83,36 @@ def test_pot7_needs_multipliers_only_where_an_input_is_not_pow2() -> None:
 def test_cli_prints_modelled_tables_and_writes_plots(tmp_path, capsys) -> None:
     recipe_file = tmp_path / "pot7.toml"
     Recipe(name="pot7mine", **POT7).to_file(recipe_file)
-    rc = cost.main(["--model", "small_cnn", "--recipe", str(recipe_file), "--batch", "10",
+    rc = cli.main(["cost", "--model", "small_cnn", "--recipe", str(recipe_file), "--batch", "10",
                     "--memory", "sram1m", "--per-layer", "--out", str(tmp_path / "plots")])
     out = capsys.readouterr().out
     assert rc == 0 and "modelled" in out and "pot7mine" in out and "| conv2 |" in out
     assert (tmp_path / "plots" / "cost.png").stat().st_size > 0
     assert (tmp_path / "plots" / "cost.svg").stat().st_size > 0
-    assert cost.main(["--recipe", str(tmp_path / "missing.toml")]) == 2
+    assert cli.main(["cost", "--recipe", str(tmp_path / "missing.toml")]) == 2
     assert "error" in capsys.readouterr().err
 
 
-def test_subcommand_and_report_section(capsys) -> None:
-    parser = argparse.ArgumentParser(prog="lowprec")
-    cost.add_cost_subcommand(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["cost", "--model", "small_cnn", "--recipe", "fp32"])
-    assert args.func(args) == 0 and "| fp32 |" in capsys.readouterr().out
+def test_report_section() -> None:
     recipes = {"fp32": Recipe(name="fp32").to_dict(), "pot7": Recipe(**POT7).to_dict()}
-    md = cost.report_section("small_cnn", recipes, input_shape=(1, 8, 8), batch=4)
+    torch.manual_seed(0)
+    md = tables.report_section(build_model("small_cnn", 10, 1, 8), (4, 1, 8, 8), recipes)
     assert "modelled" in md and "| pot7 |" in md and "| fp32 |" in md
+
+
+def test_multiplications_removed_by_pot7_in_cifar10_quick() -> None:
+    torch.manual_seed(0)
+    model = build_model("cifar10_quick")
+    pot7 = {"activation": "pot7", "error": "pot7", "weight": "fp12", "update": "fp12"}
+    r = analysis.multiplications_removed(model, (1, 3, 32, 32), pot7)
+    per_image = {"conv1": 2_457_600, "conv2": 6_553_600, "conv3": 3_276_800, "ip1": 65_536,
+                 "ip2": 640}
+    layers = r["layers"]
+    for name in ("conv2", "ip2"):  # fed by ReLU/max-pool or directly: all three are shifts
+        assert layers[name] == dict.fromkeys(("forward", "grad_input", "grad_weight"),
+                                             per_image[name])
+    assert layers["conv1"] == {"forward": 0, "grad_input": 0, "grad_weight": 2_457_600}
+    for name in ("conv3", "ip1"):  # fed by an average pool: the forward needs multipliers
+        assert layers[name]["forward"] == 0 and layers[name]["grad_weight"] == per_image[name]
+    assert r["products"] == 3 * sum(per_image.values()) - per_image["conv1"]
+    assert r["total"] == r["products"] - sum(per_image[n] for n in ("conv1", "conv3", "ip1"))

@@ -294,7 +294,7 @@ def test_stream_semantics() -> None:
 def test_wide_index_stream_extends_the_narrow_one() -> None:
     """Tensors of more than 2**31 elements count indices in int64 (``i_hi`` joins the hash);
     below that the int32 count gives the same words, and ``i_hi`` changes them."""
-    from lowprec._kernel import _lowbias32, random_bits
+    from lowprec.numerics.kernel import _lowbias32, random_bits
 
     seed = torch.tensor([123, -456], dtype=torch.int32)
     narrow = random_bits(torch.arange(5000, dtype=torch.int32), seed)

@@ -33,8 +33,8 @@ import pytest
 import torch
 
 import lowprec as lp
-from lowprec.formats import FixedPoint, FloatingPoint
-from lowprec.quantize import round_to_format
+from lowprec.numerics.cast import round_to_format
+from lowprec.numerics.formats import FixedPoint, FloatingPoint
 
 # ------------------------------------------------------------------------------------------
 # independent reference (Fractions)

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import lowprec as lp
-from lowprec import packing, recipes, training
-from lowprec.models import build_model
+from lowprec import recipes
+from lowprec.study.models import build_model
+from lowprec.train import packing
+from lowprec.train import prepare as training
 
 PRESETS = ["pot7", "fp12", "fxp12", "fp8_e4m3", "fp8_e5m2", "fp16", "bf16", "fp6_e3m2",
            "fp4_e2m1", "int8"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lowprec as lp
-from lowprec.quantinfo import QuantInfo, TelemetryLog
+from lowprec.numerics.telemetry import QuantInfo, TelemetryLog
 
 FX = lp.FixedPoint(4, 2)  # k / 4 for k in [-8, 7]: max 1.75, max_negative 2
 

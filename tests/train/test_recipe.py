@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import lowprec as lp
-from lowprec.recipe import TENSOR_CLASSES, QuantSpec, Recipe, RecipeError
+from lowprec.train.recipe import TENSOR_CLASSES, QuantSpec, Recipe, RecipeError
 
 
 def test_spec_coercion_and_validation() -> None:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lowprec import recipes, report
-from lowprec.data import Dataset
-from lowprec.experiment import (
+from lowprec import recipes
+from lowprec.study import report
+from lowprec.study.data import Dataset
+from lowprec.study.runs import (
     CONFIG,
     METRICS,
     STATUS,
@@ -69,10 +66,7 @@ def study(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_report_from_saved_runs(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "lowprec.cost" else find_spec(name, *a))
+def test_report_from_saved_runs(study: Path) -> None:
     text = report.write_report(study).read_text()
     for stem in ("accuracy", "loss", "telemetry"):
         for ext in ("png", "svg"):
@@ -92,7 +86,7 @@ def test_report_from_saved_runs(study: Path, monkeypatch: pytest.MonkeyPatch) ->
            "pot7 72.00% vs fp32 76.00%, limit 2 points" in text
     assert "fxp12_sr flushes 85.0% of error values to zero" in text  # mean of 0.8 and 0.9
     assert "fake digits for the report tests" in text and "Machine: " in text
-    assert "cost model: not available in this version" in text
+    assert "modelled" in text and "| pot7 |" in text.split("### Modelled memory / energy")[1]
     assert text.index("| conv1 |") < text.index("| conv2 |") < text.index("| fc |")
 
 
@@ -110,16 +104,12 @@ def test_claims_say_what_is_missing_or_not_shown(tmp_path: Path) -> None:
     assert verdicts[texts[3]] == ("not tested", "missing runs: pot7")
 
 
-def test_cost_section_uses_the_cost_model_when_present(study: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("lowprec.cost")
-    fake.__spec__ = importlib.machinery.ModuleSpec("lowprec.cost", None)
-    fake.report_section = lambda model, recipes, **kw: (
-        f"modelled for {model} {kw}: {', '.join(recipes)}")
-    monkeypatch.setitem(sys.modules, "lowprec.cost", fake)
+def test_cost_section_models_the_trained_network(study: Path) -> None:
     text = report.write_report(study).read_text()
-    assert ("modelled for small_cnn {'input_shape': [1, 8, 8], 'num_classes': 10, 'batch': 64}: "
-            "fp32, fxp12_sr, fp12_sr, fxp12_sr_ls, fp12_sr_ls, pot7") in text
+    section = text.split("### Modelled memory / energy")[1]
+    assert "one training step of batch 64" in section
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["fp32", "fxp12_sr", "fp12_sr", "fxp12_sr_ls", "fp12_sr_ls", "pot7"]
 
 
 def test_no_runs_is_an_error(tmp_path: Path) -> None:
@@ -127,12 +117,8 @@ def test_no_runs_is_an_error(tmp_path: Path) -> None:
         report.write_report(tmp_path)
 
 
-def test_runs_of_different_lengths_are_not_pooled(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_of_different_lengths_are_not_pooled(tmp_path: Path) -> None:
     """A sweep over ``epochs`` (run folders ``epochs<N>/...``): one section per length."""
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "lowprec.cost" else find_spec(name, *a))
     for seed, (short, long) in enumerate([(0.70, 0.80), (0.72, 0.82)]):
         save_run(tmp_path / "epochs2", "fp32", seed, [0.5, short], "done")
         save_run(tmp_path / "epochs3", "fp32", seed, [0.5, 0.6, long], "done")

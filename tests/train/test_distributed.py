@@ -21,9 +21,11 @@ from test_experiment import comparable, final_state, tiny_digits
 from test_training import batches, representable, small_cnn
 
 import lowprec as lp
-from lowprec import cli, distributed, training
-from lowprec.distributed import World
-from lowprec.experiment import CONFIG, STATUS, RunError, RunSpec, train_run
+from lowprec import cli
+from lowprec.study.runs import CONFIG, STATUS, RunError, RunSpec, train_run
+from lowprec.train import distributed
+from lowprec.train import prepare as training
+from lowprec.train.distributed import World
 
 WORLD = 2
 SR_COMM = lp.recipes.get("fp12_sr").replace(

@@ -1,0 +1,1 @@
+"""The study's tooling: data sets, models and solvers, runs, sweeps and reports."""
