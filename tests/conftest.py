@@ -13,7 +13,9 @@ from pathlib import Path
 
 os.environ.setdefault("LOWPREC_BACKEND", "eager")
 
-# make ``import reference`` work however pytest was invoked
-_here = str(Path(__file__).resolve().parent)
-if _here not in sys.path:
-    sys.path.insert(0, _here)
+# make ``import reference`` and the floors' shared test helpers (``from test_runs import
+# tiny_digits``) importable however pytest was invoked
+_here = Path(__file__).resolve().parent
+for _dir in (_here, *(_here / f for f in ("numerics", "train", "cost", "study"))):
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_experiment import tiny_digits
+from test_runs import tiny_digits
 
 from lowprec import cli, formats, recipes
 from lowprec.study.runs import CONFIG, METRICS, STATUS

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_experiment import comparable
+from test_runs import comparable
 
 from lowprec import cli
 from lowprec.numerics.formats import FixedPoint, FloatingPoint
