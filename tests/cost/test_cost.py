@@ -9,7 +9,7 @@ import lowprec as lp
 from lowprec import cli
 from lowprec.cost import analysis, energy, tables
 from lowprec.study.models import build_model
-from lowprec.train.recipe import Recipe
+from lowprec.train.recipe import TENSOR_CLASSES, Recipe
 
 POT7 = {"activation": "pot7", "error": "pot7", "weight": "fp12", "update": "fp12"}
 # cifar10_quick, one 3x32x32 image: out_elems x in_channels x 5 x 5 (ip: out x in)
@@ -60,7 +60,7 @@ def test_energy_rules_hit_the_table_and_grow_with_bits() -> None:
     assert floats[0] < floats[1]  # man = 0 is a power of two: a shift
     assert energy.product_pj(lp.formats.get("pot7"), fp32) == energy.energy(energy.INT_ADD, 8)
     bits = [sum(analysis.LayerCost("l", 10, True, 5, 7, 3,
-                               dict.fromkeys([*lp.recipe.TENSOR_CLASSES, "input"],
+                               dict.fromkeys([*TENSOR_CLASSES, "input"],
                                              lp.FixedPoint(w, 0))).moved_bits().values())
             for w in range(2, 33)]
     assert bits == sorted(bits)

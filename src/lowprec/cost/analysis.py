@@ -112,7 +112,7 @@ class LayerCost:
         return sum(n * (product_pj(*ops[k]) + ACCUMULATE_PJ)
                    for k, (n, _) in self.products().items())
 
-    def movedbits(self) -> dict[str, int]:
+    def moved_bits(self) -> dict[str, int]:
         """Bits read and written per tensor class (module doc)."""
         f, gi, p = self.fmt, int(self.grad_input), self.params
         x = self.x_elems * bits(f["input"])
@@ -125,7 +125,7 @@ class LayerCost:
             "update": 2 * p * bits(f["update"]),
         }
 
-    def storedbits(self) -> dict[str, int]:
+    def stored_bits(self) -> dict[str, int]:
         """Bits held during the step (the error: this layer's ĝ; the step holds the largest)."""
         f, p = self.fmt, self.params
         return {"activation": self.x_elems * bits(f["input"]),
@@ -188,9 +188,9 @@ def summarize(layers: Sequence[LayerCost], memory: str = "dram") -> dict[str, An
     if memory not in MEMORY_PJ_PER_64_BITS:
         raise ValueError(f"memory={memory!r} is unknown; allowed: {list(MEMORY_PJ_PER_64_BITS)}")
     counts = [c for la in layers for c in la.products().values()]
-    moved = {c: sum(la.movedbits()[c] for la in layers) for c in TENSOR_CLASSES}
-    stored = {c: sum(la.storedbits()[c] for la in layers) for c in TENSOR_CLASSES}
-    stored["error"] = max((la.storedbits()["error"] for la in layers), default=0)
+    moved = {c: sum(la.moved_bits()[c] for la in layers) for c in TENSOR_CLASSES}
+    stored = {c: sum(la.stored_bits()[c] for la in layers) for c in TENSOR_CLASSES}
+    stored["error"] = max((la.stored_bits()["error"] for la in layers), default=0)
     compute = sum(la.compute_pj() for la in layers)
     mem = sum(moved.values()) * MEMORY_PJ_PER_64_BITS[memory] / 64
     return {
