@@ -7,6 +7,7 @@ how a value picks its neighbour (:mod:`lowprec.rounding`), and
 
 from . import formats, recipes, rounding
 from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from .mac import RoundTo, mac_bmm, mac_conv2d, mac_matmul
 from .quantinfo import QuantInfo, TelemetryLog
 from .quantize import quantize
 from .recipe import QuantSpec, Recipe, RecipeError
@@ -24,11 +25,15 @@ __all__ = [
     "QuantSpec",
     "Recipe",
     "RecipeError",
+    "RoundTo",
     "ScaleState",
     "ScaledFormat",
     "Scaling",
     "TelemetryLog",
     "formats",
+    "mac_bmm",
+    "mac_conv2d",
+    "mac_matmul",
     "prepare",
     "quantize",
     "recipes",
