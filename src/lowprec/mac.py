@@ -75,10 +75,10 @@ class RoundTo:
     rand_bits: int | None = None
     generator: torch.Generator | None = field(default=None, compare=False)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Round ``x`` onto ``fmt``."""
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Round ``x`` onto ``fmt``, into ``out`` (which may be ``x``) or a new tensor."""
         return quantize(x, self.fmt, self.rounding, generator=self.generator,
-                        rand_bits=self.rand_bits, overflow=self.overflow)
+                        rand_bits=self.rand_bits, overflow=self.overflow, out=out)
 
 
 def _rounder(spec: RoundingSpec, name: str) -> Rounder | None:
@@ -96,6 +96,11 @@ def _check_block(block: int) -> int:
     return block
 
 
+def _round(rounder: Rounder, x: torch.Tensor) -> torch.Tensor:
+    """``rounder(x)``, in place when ``rounder`` is a :class:`RoundTo` (x is a scratch tensor)."""
+    return rounder(x, out=x) if isinstance(rounder, RoundTo) else rounder(x)
+
+
 def _rounded_sum(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                  product: Rounder) -> torch.Tensor:
     """``acc + sum_k product(a[:, :, k] * b[:, k, :])`` in float64, materialising at most
@@ -104,23 +109,28 @@ def _rounded_sum(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     step = max(1, _TERMS_BUDGET // max(1, batch * m * b.shape[-1]))
     for k0 in range(0, k, step):
         terms = a[:, :, k0:k0 + step, None] * b[:, None, k0:k0 + step, :]
-        acc = acc + product(terms).sum(2)
+        acc = acc.add_(_round(product, terms).sum(2))
     return acc
 
 
 def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
          accumulate: Rounder | None, block: int) -> torch.Tensor:
-    """The recurrence of the module docstring on ``[B, M, K] @ [B, K, N]``, in float64."""
-    a64, b64 = a.double(), b.double()
-    k = a.shape[-1]
+    """The recurrence of the module docstring on ``[B, M, K] @ [B, K, N]``, in float64.
+
+    Each block of ``a`` is widened into one reused float64 buffer (no float64 copy of all of
+    ``a``); ``acc`` is updated in place.
+    """
+    batch, m, k = a.shape
     step = block if accumulate is not None else max(k, 1)
-    acc = a64.new_zeros(a.shape[0], a.shape[1], b.shape[2])
+    b64 = b.double()
+    acc = a.new_zeros((batch, m, b.shape[2]), dtype=torch.float64)
+    buf = a.new_empty((batch, m, min(step, k)), dtype=torch.float64)
     for k0 in range(0, k, step):
-        ab, bb = a64[:, :, k0:k0 + step], b64[:, k0:k0 + step, :]
-        acc = torch.baddbmm(acc, ab, bb) if product is None else _rounded_sum(acc, ab, bb,
-                                                                             product)
+        ab = buf[:, :, :min(step, k - k0)].copy_(a[:, :, k0:k0 + step])
+        bb = b64[:, k0:k0 + step]
+        acc = acc.baddbmm_(ab, bb) if product is None else _rounded_sum(acc, ab, bb, product)
         if accumulate is not None:
-            acc = accumulate(acc)
+            acc = _round(accumulate, acc)
     return acc
 
 
