@@ -15,7 +15,8 @@ blocks taken in increasing ``k`` (the last one shorter when ``b`` does not divid
 and ``C[i, j] = s_{\\lceil K / b \\rceil}``. ``block=1`` is a sequential narrow adder,
 ``block >= K`` a single rounding of the whole sum. ``Q_prod = None`` leaves products exact;
 ``Q_acc = None`` means no accumulator rounding: with ``product=None`` too this is the plain
-``a @ b`` of the input dtype, otherwise the rounded products are summed in float64.
+``a @ b`` of the input dtype, otherwise the rounded products are summed in float64 and the
+sum is rounded (to nearest) into the result dtype.
 
 A rounding (``product``, ``accumulate``) is a callable ``Tensor -> Tensor`` (a
 :class:`RoundTo`, ``functools.partial(quantize, fmt=..., rounding=...)``, anything else), or a
@@ -23,18 +24,19 @@ A rounding (``product``, ``accumulate``) is a callable ``Tensor -> Tensor`` (a
 round-to-nearest-even. It receives float64 tensors holding the exact values to round and
 must return float64; stochastic rounding draws from the generator the callable carries.
 
-Exactness (inputs with at most 26 significant bits: float32, bfloat16, float16)
--------------------------------------------------------------------------------------
-* Products are formed in float64, where they are exact (24 + 24 = 48 <= 53 bits; every
-  float32 product lies in float64's normal range), and ``Q_prod`` rounds that exact value.
+Exactness (float32, bfloat16 or float16 inputs)
+------------------------------------------------
+* Products are formed in float64, where they are exact (24 + 24 = 48 <= 53 significant
+  bits; every float32 product lies in float64's normal range), and ``Q_prod`` rounds that
+  exact value once.
 * ``s_c + sum(block)`` is formed in float64 in an unspecified order (a BLAS product). It is
   exact whenever ``s_c`` and the block's terms are integer multiples of a common ``2**q`` with
   ``|s_c| + sum |p_k| < 2**(q + 53)``: then every partial sum, in any order, is representable.
   Example: products rounded to fp16 (multiples of ``2**-24``, at most 65504) into an fp16
   accumulator, any block below 8191. ``Q_acc`` then rounds that exact value once (never via
   float32), so the result is bit-exact for every rounding mode.
-* Outside that condition the float64 value is within ``b 2**-53 (|s_c| + sum |p_k|)`` of
-  the exact one and ``Q_acc`` rounds it: nearest modes can then differ only when the exact
+* Outside that condition the float64 value is within about ``b 2**-53 (|s_c| + sum |p_k|)``
+  of the exact one and ``Q_acc`` rounds it: nearest modes can then differ only when the exact
   value lies that close to a midpoint, directed modes when it lies that close to a value of
   the accumulator format (e.g. ``up`` of ``1 + 1e-20``).
 * Float64 inputs are rounded to float64 products first.
