@@ -5,10 +5,11 @@ im2col (``[N*H*W, C_in*kh*kw] @ [C_in*kh*kw, C_out]``). ``fwd`` rows are the for
 with ``--backward`` also the two backward products per layer (``dX = dY W^T``, reducing over
 ``C_out``, and ``dW = X^T dY``, reducing over the batch/pixel axis). Each case prints the best of
 ``--repeat`` times and its ratio to the float32 ``a @ b`` measured in the same run; the
-``total`` rows sum them.
+``total`` rows sum them. On a machine shared with other jobs, ``--cpu-time`` measures the
+process's CPU time (all threads) instead of wall time, which other jobs disturb less.
 
     python benchmarks/mac.py [--threads 2] [--repeat 3] [--blocks 32,1] [--acc fp16]
-        [--backward]
+        [--backward] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ def shapes(backward: bool) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def best_time(fn: Callable[[], object], repeat: int) -> float:
-    """Smallest wall time of ``repeat`` calls after one warm-up call."""
+def best_time(fn: Callable[[], object], repeat: int, clock: Callable[[], float]) -> float:
+    """Smallest ``clock`` time of ``repeat`` calls after one warm-up call."""
     fn()
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return min(times)
 
 
@@ -58,7 +59,9 @@ def main() -> None:
     ap.add_argument("--blocks", default="32,1")
     ap.add_argument("--acc", default="fp16", help="accumulator format (nearest-even)")
     ap.add_argument("--backward", action="store_true", help="also time the backward products")
+    ap.add_argument("--cpu-time", action="store_true", help="process CPU time, not wall time")
     args = ap.parse_args()
+    clock = time.process_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     blocks = [int(b) for b in args.blocks.split(",")]
     gen = torch.Generator().manual_seed(0)
@@ -68,11 +71,12 @@ def main() -> None:
     for name, m, k, n in shapes(args.backward):
         a = torch.randn(m, k, generator=gen)
         b = torch.randn(k, n, generator=gen)
-        t_ref = best_time(lambda a=a, b=b: a @ b, args.repeat)
+        t_ref = best_time(lambda a=a, b=b: a @ b, args.repeat, clock)
         row = f"{name:>10} {f'{m}x{k}x{n}':>20} {1e3 * t_ref:9.2f}"
         for blk in blocks:
             t = best_time(lambda a=a, b=b, blk=blk: lp.mac_matmul(a, b, accumulate=args.acc,
-                                                                  block=blk), args.repeat)
+                                                                  block=blk), args.repeat,
+                           clock)
             totals[blk][0] += t_ref
             totals[blk][1] += t
             row += f" {1e3 * t:10.2f} {t / t_ref:6.2f}"
