@@ -17,6 +17,7 @@ importing only the ones below it:
 from .numerics import presets as formats
 from .numerics import rounding
 from .numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from .numerics.mac import RoundTo, mac_bmm, mac_conv2d, mac_matmul
 from .numerics.quantize import quantize
 from .numerics.scaling import ScaledFormat, ScaleState, Scaling
 from .numerics.telemetry import QuantInfo, TelemetryLog
@@ -35,11 +36,15 @@ __all__ = [
     "QuantSpec",
     "Recipe",
     "RecipeError",
+    "RoundTo",
     "ScaleState",
     "ScaledFormat",
     "Scaling",
     "TelemetryLog",
     "formats",
+    "mac_bmm",
+    "mac_conv2d",
+    "mac_matmul",
     "prepare",
     "quantize",
     "recipes",

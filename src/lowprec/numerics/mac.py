@@ -1,0 +1,214 @@
+"""Matrix products whose scalar products and partial sums are rounded, as in MAC hardware.
+
+Hardware does not accumulate in exact arithmetic: FP8 tensor cores sum blocks of products
+with limited precision before promoting, low-precision MAC units keep the partial sum in a
+narrow adder. :func:`mac_matmul` emulates both. For ``C = A B`` with reduction length ``K``
+and block size ``b``, each output ``C[i, j]`` is
+
+.. math::
+
+    p_k = Q_{prod}(A_{ik} B_{kj}), \\qquad
+    s_0 = 0, \\qquad
+    s_{c+1} = Q_{acc}\\Big(s_c + \\sum_{k = cb}^{\\min((c+1)b, K) - 1} p_k\\Big),
+
+blocks taken in increasing ``k`` (the last one shorter when ``b`` does not divide ``K``),
+and ``C[i, j] = s_{\\lceil K / b \\rceil}``. ``block=1`` is a sequential narrow adder,
+``block >= K`` a single rounding of the whole sum. ``Q_prod = None`` leaves products exact;
+``Q_acc = None`` means no accumulator rounding: with ``product=None`` too this is the plain
+``a @ b`` of the input dtype, otherwise the rounded products are summed in float64 and the
+sum is rounded (to nearest) into the result dtype.
+
+A rounding (``product``, ``accumulate``) is a callable ``Tensor -> Tensor`` (a
+:class:`RoundTo`, ``functools.partial(quantize, fmt=..., rounding=...)``, anything else), or a
+:class:`~lowprec.formats.Format` / preset name, which means :class:`RoundTo` with
+round-to-nearest-even. It receives float64 tensors holding the exact values to round and
+must return float64; stochastic rounding draws from the generator the callable carries.
+
+Exactness (float32, bfloat16 or float16 inputs)
+------------------------------------------------
+* Products are formed in float64, where they are exact (24 + 24 = 48 <= 53 significant
+  bits; every float32 product lies in float64's normal range), and ``Q_prod`` rounds that
+  exact value once.
+* ``s_c + sum(block)`` is formed in float64 in an unspecified order (a BLAS product). It is
+  exact whenever ``s_c`` and the block's terms are integer multiples of a common ``2**q`` with
+  ``|s_c| + sum |p_k| < 2**(q + 53)``: then every partial sum, in any order, is representable.
+  Example: products rounded to fp16 (multiples of ``2**-24``, at most 65504) into an fp16
+  accumulator, any block below 8191. ``Q_acc`` then rounds that exact value once (never via
+  float32), so the result is bit-exact for every rounding mode.
+* Outside that condition the float64 value is within about ``b 2**-53 (|s_c| + sum |p_k|)``
+  of the exact one and ``Q_acc`` rounds it: nearest modes can then differ only when the exact
+  value lies that close to a midpoint, directed modes when it lies that close to a value of
+  the accumulator format (e.g. ``up`` of ``1 + 1e-20``).
+* Float64 inputs are rounded to float64 products first.
+* The result has the inputs' promoted dtype (exact when the accumulator's values fit in it);
+  a zero result may carry either sign.
+
+Gradients are straight-through: those of the exact ``a @ b``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .formats import Format
+from .quantize import quantize
+
+__all__ = ["Rounder", "RoundTo", "mac_bmm", "mac_conv2d", "mac_matmul"]
+
+Rounder = Callable[[torch.Tensor], torch.Tensor]
+RoundingSpec = Rounder | Format | str | None
+
+#: Most float64 elements one materialised block of rounded products may hold.
+_TERMS_BUDGET = 1 << 24
+
+
+@dataclass(frozen=True)
+class RoundTo:
+    """The rounding ``x -> quantize(x, fmt, rounding, ...)`` as a callable value."""
+
+    fmt: Format | str
+    rounding: str = "nearest"
+    overflow: str | None = None
+    rand_bits: int | None = None
+    generator: torch.Generator | None = field(default=None, compare=False)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Round ``x`` onto ``fmt``, into ``out`` (which may be ``x``) or a new tensor."""
+        return quantize(x, self.fmt, self.rounding, generator=self.generator,
+                        rand_bits=self.rand_bits, overflow=self.overflow, out=out)
+
+
+def _rounder(spec: RoundingSpec, name: str) -> Rounder | None:
+    """A rounding spec as a callable: formats and names round to nearest-even."""
+    if spec is None or callable(spec):
+        return spec
+    if isinstance(spec, Format | str):
+        return RoundTo(spec)
+    raise TypeError(f"{name} must be a callable, a Format, a preset name or None; got {spec!r}")
+
+
+def _check_block(block: int) -> int:
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be an integer >= 1, got {block!r}")
+    return block
+
+
+def _round(rounder: Rounder, x: torch.Tensor) -> torch.Tensor:
+    """``rounder(x)``, in place when ``rounder`` is a :class:`RoundTo` (x is a scratch tensor)."""
+    return rounder(x, out=x) if isinstance(rounder, RoundTo) else rounder(x)
+
+
+def _rounded_sum(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                 product: Rounder) -> torch.Tensor:
+    """``acc + sum_k product(a[:, :, k] * b[:, k, :])`` in float64, materialising at most
+    ``_TERMS_BUDGET`` products at a time."""
+    batch, m, k = a.shape
+    step = max(1, _TERMS_BUDGET // max(1, batch * m * b.shape[-1]))
+    for k0 in range(0, k, step):
+        terms = a[:, :, k0:k0 + step, None] * b[:, None, k0:k0 + step, :]
+        acc = acc.add_(_round(product, terms).sum(2))
+    return acc
+
+
+def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
+         accumulate: Rounder | None, block: int) -> torch.Tensor:
+    """The recurrence of the module docstring on ``[B, M, K] @ [B, K, N]``, in float64.
+
+    Each block of ``a`` is widened into one reused float64 buffer (no float64 copy of all of
+    ``a``); ``acc`` is updated in place.
+    """
+    batch, m, k = a.shape
+    step = block if accumulate is not None else max(k, 1)
+    b64 = b.double()
+    acc = a.new_zeros((batch, m, b.shape[2]), dtype=torch.float64)
+    buf = a.new_empty((batch, m, min(step, k)), dtype=torch.float64)
+    for k0 in range(0, k, step):
+        ab = buf[:, :, :min(step, k - k0)].copy_(a[:, :, k0:k0 + step])
+        bb = b64[:, k0:k0 + step]
+        acc = acc.baddbmm_(ab, bb) if product is None else _rounded_sum(acc, ab, bb, product)
+        if accumulate is not None:
+            acc = _round(accumulate, acc)
+    return acc
+
+
+class _MacProduct(torch.autograd.Function):
+    """:func:`_mac` forward, straight-through (exact-product) backward."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
+                accumulate: Rounder | None, block: int) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        return _mac(a, b, product, accumulate, block).to(dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        a, b = ctx.saved_tensors
+        return (grad @ b.mT).to(a.dtype), (a.mT @ grad).to(b.dtype), None, None, None
+
+
+def mac_bmm(a: torch.Tensor, b: torch.Tensor, *, product: RoundingSpec = None,
+            accumulate: RoundingSpec = None, block: int = 1) -> torch.Tensor:
+    """``a @ b`` for ``[..., M, K] @ [..., K, N]`` (batch dimensions broadcast as in
+    :func:`torch.matmul`) with rounded products and blocked, rounded accumulation; see the
+    module docstring for the recurrence and its exactness."""
+    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"cannot multiply shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    prod, acc, blk = _rounder(product, "product"), _rounder(accumulate, "accumulate"), \
+        _check_block(block)
+    if prod is None and acc is None:
+        return torch.matmul(a, b)
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a3 = a.expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    out = _MacProduct.apply(a3, b3, prod, acc, blk)
+    return out.reshape(*batch, a.shape[-2], b.shape[-1])
+
+
+def mac_matmul(a: torch.Tensor, b: torch.Tensor, *, product: RoundingSpec = None,
+               accumulate: RoundingSpec = None, block: int = 1) -> torch.Tensor:
+    """``[M, K] @ [K, N]``: ``C[i, j] = s_K`` with ``s <- Q_acc(s + sum_block Q_prod(a b))``
+    over blocks of ``block`` consecutive ``k`` (module docstring)."""
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"mac_matmul takes 2-D tensors, got {a.dim()}-D and {b.dim()}-D; "
+                         "use mac_bmm for batches")
+    return mac_bmm(a, b, product=product, accumulate=accumulate, block=block)
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+               stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+               dilation: int | tuple[int, int] = 1, groups: int = 1, *,
+               product: RoundingSpec = None, accumulate: RoundingSpec = None,
+               block: int = 1) -> torch.Tensor:
+    """``F.conv2d`` through im2col (``F.unfold``) and :func:`mac_bmm`.
+
+    Output ``[n, o, y, x]`` reduces over the ``C_in/groups * kh * kw`` terms of its group in
+    ``F.unfold``'s order: input channel slowest, then kernel row, kernel column fastest,
+    i.e. ``k = (c * kh + r) * kw + s``. ``bias`` is added after the reduction, in the output
+    dtype. With ``product=accumulate=None`` this is ``F.conv2d`` up to float32 summation order.
+    """
+    n, c_in, h, wd = x.shape
+    c_out, c_g, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    if c_in != c_g * groups or c_out % groups:
+        raise ValueError(f"weight {tuple(w.shape)} does not fit input {tuple(x.shape)} "
+                         f"with groups={groups}")
+    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
+    k = c_g * kh * kw
+    cols = cols.view(n, groups, k, -1).permute(1, 0, 3, 2).reshape(groups, -1, k)
+    wm = w.reshape(groups, c_out // groups, k).transpose(1, 2)
+    out = mac_bmm(cols, wm, product=product, accumulate=accumulate, block=block)
+    out = out.view(groups, n, h_out * w_out, c_out // groups).permute(1, 0, 3, 2)
+    out = out.reshape(n, c_out, h_out, w_out)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
