@@ -72,7 +72,10 @@ def test_report_from_saved_runs(study: Path) -> None:
         for ext in ("png", "svg"):
             assert (study / f"{stem}.{ext}").stat().st_size > 1000
         assert f"]({stem}.png)" in text
-    row = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    row: dict[str, str] = {}
+    for line in text.splitlines():  # the accuracy table comes first, then the cost table
+        if line.startswith("| "):
+            row.setdefault(line.split("|")[1].strip(), line)
     assert "| 0,1,2 | 76.00 ± 1.00% | 76.00 ± 1.00% | +0.00 |" in row["fp32"]
     assert "| 60.00% | 62.00% | -16.00 | 1/2 done, 1/2 diverged<br>loss became nan" in row[
         "fxp12_sr"]
