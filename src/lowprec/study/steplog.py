@@ -10,8 +10,12 @@ the step ends, so ``tail -f`` follows a run:
 ``seconds``    the step's wall time (loading its batch included)
 ``telemetry``  only on steps whose training pass was recorded (every
                ``telemetry_every``-th): per ``"<layer>.<class>"`` key of
-               :func:`lowprec.telemetry`, the ``underflow``, ``overflow`` and ``sqnr_db``
-               of that step's rounding of the tensor (its last one, should there be several)
+               :func:`lowprec.telemetry` rounded once in the step, the ``underflow``,
+               ``overflow`` and ``sqnr_db`` of that rounding. Keys rounded several times
+               in a step (``<layer>.update``: the weight's, then the bias's) are left out:
+               the public summary cannot split a pool into calls, and the last call alone
+               (the bias) would misrepresent the layer; ``metrics.jsonl`` pools them
+               exactly per epoch
 
 Resuming: the lines of a run with ``n`` finished (checkpointed) epochs are those of epochs
 ``1..n``; lines are fsynced at each epoch's end, before its checkpoint is written, and
@@ -22,11 +26,12 @@ uninterrupted one, apart from ``seconds``.
 With ``tensorboard=True`` the same scalars go to TensorBoard event files in
 ``<run>/tensorboard/`` (``tensorboard --logdir runs/``; ``pip install 'lowprec[tensorboard]'``),
 at the global step: ``train/loss`` and ``train/lr`` per step,
-``telemetry/<layer>.<class>/underflow|overflow|sqnr_db`` per recorded step (non-finite
-values, e.g. the ``+inf`` SQNR of an exact rounding, are left out: TensorBoard cannot plot
-them), and per epoch, at its last step, ``train/accuracy``, ``test/accuracy`` and
-``test/loss``. A resumed run's writer purges the events after the checkpointed step, so
-TensorBoard shows no interrupted epoch twice.
+``telemetry/<layer>.<class>/underflow|overflow|sqnr_db`` per recorded step, and per epoch,
+at its last step, ``train/accuracy``, ``test/accuracy``, ``test/loss`` and the epoch's
+pooled ``epoch_telemetry/<key>/underflow|overflow|sqnr_db`` of every key (non-finite values,
+e.g. the ``+inf`` SQNR of an exact rounding, are left out: TensorBoard cannot plot them).
+A resumed run's writer purges the events after the checkpointed step, so TensorBoard shows
+no interrupted epoch twice.
 """
 
 from __future__ import annotations
@@ -114,9 +119,9 @@ class StepLog:
             self._tb = writer(str(folder / TENSORBOARD), purge_step=first if done_epochs else None)
 
     def _telemetry(self) -> dict[str, dict[str, float]]:
-        """The tensors rounded with telemetry since the last call: their last rounding."""
+        """The tensors rounded exactly once, with telemetry, since the last call."""
         stats = training.telemetry(self.model)
-        new = {k: s for k, s in stats.items() if s["calls"] > self._calls.get(k, 0.0)}
+        new = {k: s for k, s in stats.items() if s["calls"] == self._calls.get(k, 0.0) + 1}
         self._calls = {k: s["calls"] for k, s in stats.items()}
         return {k: {s: new[k][f"{s}_last"] for s in STEP_STATS} for k in new}
 
@@ -135,10 +140,13 @@ class StepLog:
         if self._tb is not None:
             self._tb.add_scalar("train/loss", loss, step + 1)
             self._tb.add_scalar("train/lr", lr, step + 1)
-            for key, stats in telemetry.items():
-                for name, value in stats.items():
-                    if math.isfinite(value):
-                        self._tb.add_scalar(f"telemetry/{key}/{name}", value, step + 1)
+            self._scalars("telemetry", telemetry, step + 1)
+
+    def _scalars(self, prefix: str, telemetry: dict[str, dict[str, float]], step: int) -> None:
+        for key, stats in telemetry.items():
+            for name in STEP_STATS:
+                if math.isfinite(stats[name]):
+                    self._tb.add_scalar(f"{prefix}/{key}/{name}", stats[name], step)
 
     def epoch(self, record: dict[str, Any]) -> None:
         """An epoch ended (``record``: its ``metrics.jsonl`` line): make its steps durable
@@ -155,6 +163,7 @@ class StepLog:
             self._tb.add_scalar("train/accuracy", record["train_acc"], step)
             self._tb.add_scalar("test/accuracy", record["test_acc"], step)
             self._tb.add_scalar("test/loss", record["test_loss"], step)
+            self._scalars("epoch_telemetry", record["telemetry"], step)
             self._tb.flush()
 
     def close(self) -> None:

@@ -232,10 +232,11 @@ def _import_ray() -> Any:
 
 
 def _read_files(folder: Path) -> dict[str, bytes]:
-    """A run folder's files (not temporary ones), by name."""
+    """A run folder's files (not temporary ones), by path relative to it (``tensorboard/``
+    holds event files)."""
     if not folder.is_dir():
         return {}
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and not p.name.startswith(".")}
 
 
@@ -251,6 +252,7 @@ def _write_back(folder: Path, files: dict[str, bytes]) -> None:
     """Write a worker's files atomically: ``config.json`` first, ``status.json`` last."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in sorted(files, key=lambda n: (n == STATUS, n != CONFIG, n)):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / name, lambda fh, b=files[name]: fh.write(b))
 
 
@@ -263,6 +265,7 @@ def _ray_task(task: Task, files: dict[str, bytes] | None) -> tuple[Outcome, dict
         folder = Path(tmp, task.folder)
         folder.mkdir(parents=True)
         for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
         outcome = run_one(dataclasses.replace(task, root=tmp))
         return outcome, {n: b for n, b in _read_files(folder).items() if files.get(n) != b}
