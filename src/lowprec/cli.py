@@ -40,8 +40,10 @@ from .numerics import presets as formats
 from .numerics.scaling import ScaledFormat
 from .study.data import DATASETS, DataError
 from .study.models import MODELS, build_model
+from .study.progress import bar
 from .study.report import write_report
 from .study.runs import RunError, RunResult, RunSpec, load_data, train_run
+from .study.steplog import TensorBoardMissing, require_tensorboard
 from .study.sweep import Sweep, SweepError
 from .study.sweep_runner import PROBLEMS, SUMMARY, RayOptions, run_sweep
 from .train import distributed, recipes
@@ -98,10 +100,17 @@ def _run_options() -> argparse.ArgumentParser:
     p.add_argument("--telemetry-every", type=int, default=10, metavar="N",
                    help="record numerics telemetry every N-th training step (0: never)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    _tensorboard_option(p)
     p.add_argument("--out", help="output folder (one sub-folder per run)")
     # for tests and schedulers: stop each run after N new epochs (rerun to resume)
     p.add_argument("--max-epochs-this-call", type=_positive, help=argparse.SUPPRESS)
     return p
+
+
+def _tensorboard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events into <run>/tensorboard/ "
+                        "(view: tensorboard --logdir <out>; pip install 'lowprec[tensorboard]')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,11 +177,13 @@ def _say(result: RunResult) -> None:
 def _train(args: argparse.Namespace) -> int:
     _fill_defaults(args)
     recipe = _recipe(args)
+    if args.tensorboard:
+        require_tensorboard()
     dataset = load_data(args.dataset, args.model, args.data_dir)
     with distributed.launched(args.ddp, args.device) as world:
         args.device = world.device
         result = train_run(_spec(args, recipe, args.seed), args.out, dataset, quiet=args.quiet,
-                           max_epochs=args.max_epochs_this_call)
+                           max_epochs=args.max_epochs_this_call, tensorboard=args.tensorboard)
     if world.main:
         _say(result)
     return 1 if result.status == "diverged" else 0
@@ -188,11 +199,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.recipes) - set(recipes.names()))
     if unknown:
         raise RecipeError(f"unknown recipe(s) {unknown}; known: {', '.join(recipes.names())}")
+    if args.tensorboard:
+        require_tensorboard()
     dataset = load_data(args.dataset, args.model, args.data_dir)
     specs = [_spec(args, recipes.get(r), s) for r in args.recipes for s in args.seeds]
-    for spec in tqdm(specs, desc="study", unit="run", disable=args.quiet):
+    for spec in bar(specs, desc="study", unit="run", quiet=args.quiet):
         _say(train_run(spec, args.out, dataset, quiet=args.quiet,
-                       max_epochs=args.max_epochs_this_call))
+                       max_epochs=args.max_epochs_this_call, tensorboard=args.tensorboard))
     print(f"report: {write_report(args.out)}")
     return 0
 
@@ -216,6 +229,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
                         "--address, the local instance gets workers x cpus-per-run CPUs")
     p.add_argument("--data-dir", help="where the data sets' files are (or go)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _tensorboard_option(p)
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="a Ray cluster's address (default: a local instance)")
@@ -246,7 +260,7 @@ def _sweep(args: argparse.Namespace) -> int:
                      gpus_per_run=args.gpus_per_run, shared_disk=not args.no_shared_disk)
     outcomes = run_sweep(sweep, out, backend=args.backend, workers=args.workers,
                          data_dir=args.data_dir, max_epochs=args.max_epochs_this_call,
-                         quiet=args.quiet, ray_options=ray)
+                         quiet=args.quiet, ray_options=ray, tensorboard=args.tensorboard)
     counts = ", ".join(f"{n} {s}" for s, n in Counter(o.status for o in outcomes).items())
     print(f"sweep {sweep.name}: {counts}; summary {out / SUMMARY}; report: lowprec report {out}")
     return 1 if any(o.status in PROBLEMS for o in outcomes) else 0
@@ -317,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, RunError, OSError, ValueError) as exc:  # bad input: no traceback
+    # bad input or a missing optional package: one line, no traceback
+    except (DataError, RunError, OSError, ValueError, TensorBoardMissing) as exc:
         print(f"lowprec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

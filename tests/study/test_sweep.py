@@ -33,6 +33,7 @@ from lowprec.study.runs import (
     write_json,
     write_text,
 )
+from lowprec.study.steplog import STEPS, read_steps
 from lowprec.study.sweep import Sweep, SweepError
 from lowprec.study.sweep_runner import SUMMARY, RayOptions
 
@@ -53,7 +54,7 @@ man = 3
 """
 FOLDERS = ["digits-small_cnn-fp32-s0", "digits-small_cnn-fp12_sr-e4m3-s0",
            "digits-small_cnn-fp12_sr-e6m3-s0"]
-FILES = {CONFIG, METRICS, CHECKPOINT, STATUS}
+FILES = {CONFIG, METRICS, STEPS, CHECKPOINT, STATUS}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -241,17 +242,18 @@ def snapshot(folder: Path) -> tuple[dict, list[dict], dict, dict]:
     config = read_json(folder / CONFIG)
     config.pop("environment")
     state = torch.load(folder / CHECKPOINT, weights_only=True)
-    return config, comparable(read_metrics(folder)), read_json(folder / STATUS), state
+    steps = comparable(read_steps(folder))
+    return config, comparable(read_metrics(folder)), read_json(folder / STATUS), steps, state
 
 
 def assert_same_runs(out: Path, reference: Path, folders: list[str] = FOLDERS) -> None:
     for name in folders:
         assert {p.name for p in (out / name).iterdir()} == FILES, name
         got, want = snapshot(out / name), snapshot(reference / name)
-        assert got[:3] == want[:3], name
+        assert got[:4] == want[:4], name
         for part in ("params", "model"):
-            for key, value in want[3][part].items():
-                assert torch.equal(got[3][part][key], value), (name, part, key)
+            for key, value in want[4][part].items():
+                assert torch.equal(got[4][part][key], value), (name, part, key)
 
 
 def statuses(out: Path) -> dict[str, str]:

@@ -11,6 +11,10 @@
                      ``telemetry`` (per ``"<layer>.<class>"``, layers in forward order:
                      underflow, overflow, nonfinite, sqnr_db, amax pooled over the
                      epoch's recorded training passes)
+``steps.jsonl``      one JSON object per training step: ``step``, ``epoch``, ``loss``,
+                     ``lr``, ``seconds``, and ``telemetry`` on recorded steps
+                     (:mod:`lowprec.study.steplog`); ``tensorboard/``: the same as
+                     TensorBoard events, with ``tensorboard=True``
 ``checkpoint.pt``    the state after the last finished epoch: model, optimizer, RNG
                      states (torch, data order, stochastic rounding), epoch, metrics
 ``status.json``      written last: ``{"status": "done", ...}`` or
@@ -57,6 +61,8 @@ from ..train.distributed import World, current
 from ..train.recipe import TENSOR_CLASSES, Recipe
 from .data import Dataset
 from .models import SolverConfig, build_model, default_solver
+from .progress import bar as progress_bar
+from .steplog import StepLog
 
 __all__ = [
     "CHECKPOINT",
@@ -408,8 +414,9 @@ class _Session:
         if "cuda" in rng and torch.device(self.spec.device).type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.spec.device)
 
-    def train_epoch(self, epoch: int, quiet: bool) -> dict[str, Any]:
-        """One epoch of SGD; raises :class:`_Diverged` at the first non-finite loss.
+    def train_epoch(self, epoch: int, quiet: bool, log: StepLog) -> dict[str, Any]:
+        """One epoch of SGD, each step recorded in ``log``; raises :class:`_Diverged` at the
+        first non-finite loss.
 
         Each rank trains on its shard of a global batch, its mean loss scaled by
         ``W n_r / B`` (:mod:`lowprec.distributed`; 1 for one process)."""
@@ -417,8 +424,9 @@ class _Session:
         loader = self.dataset.loader("train", self.solver.batch_size, augment=self.solver.augment,
                                      generator=self.data_gen, device=self.spec.device)
         loss_sum, correct, seen, it = 0.0, 0, 0, epoch * self.steps
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
-                       disable=quiet)
+        batches = progress_bar(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                               quiet=quiet)
+        tick = time.perf_counter()
         for step, (x, y) in enumerate(batches):
             it = epoch * self.steps + step
             factor = self.solver.lr_factor(it, self.total)
@@ -439,6 +447,9 @@ class _Session:
             loss_sum += total
             correct += int(hits)
             seen += int(n)
+            log.step(epoch, it, value, self.solver.lr_at(it, self.total),
+                     time.perf_counter() - tick)
+            tick = time.perf_counter()
             batches.set_postfix(loss=f"{value:.4f}", refresh=False)
         return {"loss": loss_sum / seen, "train_acc": correct / seen,
                 "lr": self.solver.lr_at(it, self.total)}
@@ -497,12 +508,15 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
-              quiet: bool = False, max_epochs: int | None = None) -> RunResult:
+              quiet: bool = False, max_epochs: int | None = None,
+              tensorboard: bool = False) -> RunResult:
     """Train ``spec`` into ``out/<spec.name>/``, resuming or skipping as the folder says.
 
     ``dataset`` must be normalised as the model's solver asks (:func:`load_data`).
     ``max_epochs`` stops this call after that many new epochs (status ``"paused"``).
-    In a process group every rank calls it; only rank 0 writes files and prints.
+    ``tensorboard`` also writes the per-step and per-epoch scalars as TensorBoard events
+    (:mod:`lowprec.study.steplog`). In a process group every rank calls it; only rank 0
+    writes files and prints.
     """
     world = current()
     quiet = quiet or not world.main
@@ -527,13 +541,15 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
     if world.main:
         _write_metrics(folder, history)  # drops any line written after the checkpoint
     stop = epochs if max_epochs is None else min(epochs, len(history) + max_epochs)
-    bar = tqdm(total=epochs, initial=len(history), desc=spec.name, unit="epoch", leave=False,
-               disable=quiet)
-    with bar:
+    bar = progress_bar(total=epochs, initial=len(history), desc=spec.name, unit="epoch",
+                       leave=False, quiet=quiet)
+    log = StepLog(folder, session.model, session.steps, len(history), tensorboard=tensorboard,
+                  write=world.main)
+    with bar, log:
         for epoch in range(len(history), stop):
             start = time.perf_counter()
             try:
-                record = {"epoch": epoch + 1, **session.train_epoch(epoch, quiet)}
+                record = {"epoch": epoch + 1, **session.train_epoch(epoch, quiet, log)}
             except _Diverged as exc:
                 if world.main:
                     write_json(folder / STATUS, {"status": "diverged", "reason": str(exc),
@@ -543,6 +559,7 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
             record["seconds"] = time.perf_counter() - start
             record["telemetry"] = epoch_telemetry(session.model)
             history.append(record)
+            log.epoch(record)  # its steps are durable before its checkpoint
             if world.main:
                 _save_checkpoint(folder / CHECKPOINT,
                                  {**session.state_dict(), "epoch": epoch + 1, "metrics": history})

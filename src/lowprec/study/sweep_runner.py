@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Dataset
+from .progress import bar
 from .runs import (
     CHECKPOINT,
     CONFIG,
@@ -55,6 +56,7 @@ from .runs import (
     train_run,
     write_json,
 )
+from .steplog import require_tensorboard
 from .sweep import Sweep, SweepError
 
 __all__ = [
@@ -87,6 +89,7 @@ class Task:
     data_dir: str | None = None
     max_epochs: int | None = None
     threads: int = 1
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def run_one(task: Task) -> Outcome:
     try:
         data = _data(task.spec.dataset, task.spec.model, task.data_dir)
         out = Path(task.root, task.folder).parent
-        result = train_run(task.spec, out, data, quiet=True, max_epochs=task.max_epochs)
+        result = train_run(task.spec, out, data, quiet=True, max_epochs=task.max_epochs,
+                           tensorboard=task.tensorboard)
     except Exception as exc:
         return Outcome.failed(task.folder, exc, time.perf_counter() - start)
     acc = result.metrics[-1]["test_acc"] if result.metrics else None
@@ -228,10 +232,11 @@ def _import_ray() -> Any:
 
 
 def _read_files(folder: Path) -> dict[str, bytes]:
-    """A run folder's files (not temporary ones), by name."""
+    """A run folder's files (not temporary ones), by path relative to it (``tensorboard/``
+    holds event files)."""
     if not folder.is_dir():
         return {}
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and not p.name.startswith(".")}
 
 
@@ -247,6 +252,7 @@ def _write_back(folder: Path, files: dict[str, bytes]) -> None:
     """Write a worker's files atomically: ``config.json`` first, ``status.json`` last."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in sorted(files, key=lambda n: (n == STATUS, n != CONFIG, n)):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / name, lambda fh, b=files[name]: fh.write(b))
 
 
@@ -259,6 +265,7 @@ def _ray_task(task: Task, files: dict[str, bytes] | None) -> tuple[Outcome, dict
         folder = Path(tmp, task.folder)
         folder.mkdir(parents=True)
         for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
         outcome = run_one(dataclasses.replace(task, root=tmp))
         return outcome, {n: b for n, b in _read_files(folder).items() if files.get(n) != b}
@@ -335,18 +342,23 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike[str], *, backend: str = "loca
               workers: int | None = None, data_dir: str | None = None,
               max_epochs: int | None = None, quiet: bool = False,
               ray_options: RayOptions | None = None,
-              say: Callable[[str], None] = tqdm.write) -> list[Outcome]:
+              say: Callable[[str], None] = tqdm.write, tensorboard: bool = False
+              ) -> list[Outcome]:
     """Run every run of ``sweep`` into ``out`` with ``backend`` (``"local"`` or ``"ray"``),
     keeping ``out/sweep.json``; returns the outcomes in the sweep's order.
 
     ``workers``: local processes (default :func:`default_workers`), or, for a local Ray
     instance without ``ray_options.num_cpus``, its CPUs (``workers * cpus_per_run``).
-    ``say`` gets one line per finished run; ``quiet`` hides the progress bar. The local
+    ``say`` gets one line per finished run; ``quiet`` hides the progress bar (drawn only on
+    a terminal: :mod:`lowprec.study.progress`); ``tensorboard``: each run also writes
+    TensorBoard events (:mod:`lowprec.study.steplog`). The local
     backend spawns processes, which import the main module: call this from a script
     under ``if __name__ == "__main__":``.
     """
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}; use local or ray")
+    if tensorboard:
+        require_tensorboard()  # before any run fails for want of it
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     workers = workers or default_workers(sweep)
@@ -354,16 +366,17 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike[str], *, backend: str = "loca
     if backend == "ray" and opts.num_cpus is None and opts.address is None:
         opts = dataclasses.replace(opts, num_cpus=max(1, round(workers * opts.cpus_per_run)))
     threads = max(1, _cores() // workers if backend == "local" else int(opts.cpus_per_run))
-    tasks = [Task(r.spec, str(root), r.folder, data_dir, max_epochs, threads) for r in sweep.runs]
+    tasks = [Task(r.spec, str(root), r.folder, data_dir, max_epochs, threads, tensorboard)
+             for r in sweep.runs]
     summary = _Summary(root, sweep, backend)
     summary.write()
     results = _local(tasks, workers) if backend == "local" else _ray(tasks, opts)
     outcomes: dict[str, Outcome] = {}
-    with contextlib.closing(results), tqdm(total=len(tasks), desc=sweep.name, unit="run",
-                                           disable=quiet) as bar:
+    with contextlib.closing(results), bar(total=len(tasks), desc=sweep.name, unit="run",
+                                          quiet=quiet) as runs:
         for outcome in results:
             outcomes[outcome.folder] = outcome
             summary.update(outcome)
-            bar.update()
+            runs.update()
             say(f"[{len(outcomes)}/{len(tasks)}] {outcome.line()}")
     return [outcomes[r.folder] for r in sweep.runs]
