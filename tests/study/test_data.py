@@ -37,7 +37,7 @@ from lowprec.study.data import (
     restricted_pickle_load,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEV_CIFAR = (REPO_ROOT / ".." / "shared" / "datasets" / "cifar-10-batches-py").resolve()
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 N_PER_BATCH = 20
