@@ -21,7 +21,15 @@ from .numerics.quantize import quantize
 from .numerics.scaling import ScaledFormat, ScaleState, Scaling
 from .numerics.telemetry import QuantInfo, TelemetryLog
 from .train import recipes
-from .train.prepare import prepare, register_layer, telemetry, unprepare, wrap_optimizer
+from .train.prepare import (
+    coverage,
+    prepare,
+    register_layer,
+    telemetry,
+    unprepare,
+    wrap_optimizer,
+)
+from .train.quantizer import Quantize, Quantizer, quantize_ste
 from .train.recipe import QuantSpec, Recipe, RecipeError
 
 __version__ = "0.1.0"
@@ -33,15 +41,19 @@ __all__ = [
     "PowerOfTwo",
     "QuantInfo",
     "QuantSpec",
+    "Quantize",
+    "Quantizer",
     "Recipe",
     "RecipeError",
     "ScaleState",
     "ScaledFormat",
     "Scaling",
     "TelemetryLog",
+    "coverage",
     "formats",
     "prepare",
     "quantize",
+    "quantize_ste",
     "recipes",
     "register_layer",
     "rounding",

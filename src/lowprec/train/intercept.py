@@ -1,0 +1,320 @@
+"""Op-level rounding: a ``TorchFunctionMode`` around a prepared model's forward.
+
+For a recipe with ``ops`` (:class:`~lowprec.Recipe`), :func:`lowprec.prepare` enters an
+:class:`OpMode` around the model's forward (root pre-/post-hooks) and keeps a stack of
+the modules running (pre-/post-hooks on every submodule), so each intercepted call is
+attributed to the innermost module it runs in and rounds with that module's specs
+(:meth:`Recipe.for_layer`: per-module override globs keep working). For an op of a kind
+the recipe lists (table: :mod:`lowprec.train.ops`)::
+
+    product  y = f(Q_in(x), Q_w(W))        every non-parameter operand x: class input;
+                                           a parameter (or a view of one) W: class weight
+    any op   ŷ = Q_activation(y)           its output
+    backward ĝ = Q_error(∂L/∂ŷ), then the op's own backward: for a product
+             ∂L/∂x = ĝ·Q_w(W), ∂L/∂W = ĝ^T·Q_in(x)  (its saved, rounded operands)
+
+so every forward product has operands in format and every backward product has the
+rounded error as one operand and a rounded forward operand as the other. Operand
+rounding is straight-through for the gradient. Parameters are rounded in place (stored
+in the weight format, or as ``Q_weight(master)`` with ``master_weights``) by the layer
+that owns them: the module holding the parameter, adopted at its first use as a product
+operand (so the optimizer hooks of ``wrap_optimizer`` see it); a tied parameter has one
+owner and one master. Block scaling of an operand runs along the product's reduction
+axis (:mod:`.ops`); the backward reuses the forward-rounded operands.
+
+``F.scaled_dot_product_attention``, when ``attention`` is listed, is decomposed into
+``S = Q_in(q)·Q_in(k)^T · scale`` (+ mask) ``→ P = softmax(S) → dropout → Q_in(P)·Q_in(v)``,
+both products of kind ``attention``, so whatever fused kernel torch would pick, its
+products see rounded operands; the softmax output is rounded with ``activation``. Not
+listed, SDPA runs as torch's fused op and :func:`coverage` shows it unrounded.
+
+Stochastic rounding here is keyed, not drawn: the seed of each rounding is
+``h(seed, step, module, op position in the module's call, operand)``
+(:func:`~lowprec.train.quantizer.keyed_generator`), so recomputing a forward (activation
+checkpointing) rounds to the same bits; the rank joins the key of data-dependent
+classes. In evaluation (``model.eval()``), op roundings are to nearest unless
+``prepare(..., eval_rounding="recipe")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .ops import OPAQUE, Op, lookup
+from .quantizer import Quantizer, keyed_generator
+from .recipe import QuantSpec, Recipe
+
+__all__ = ["OpMode", "OpRun"]
+
+_CLASS_CODE = {"input": 1, "weight": 2, "activation": 3, "error": 4}
+
+
+def _param_of(t: torch.Tensor) -> nn.Parameter | None:
+    """The parameter ``t`` is, or is a view of."""
+    if isinstance(t, nn.Parameter):
+        return t
+    base = t._base
+    return base if isinstance(base, nn.Parameter) else None
+
+
+def _with_axis(spec: QuantSpec, axis: int) -> QuantSpec:
+    s = spec.scaling
+    if s is None or s.granularity != "block" or s.axis == axis:
+        return spec
+    return dataclasses.replace(spec, scaling=dataclasses.replace(s, axis=axis))
+
+
+def _nearest(spec: QuantSpec) -> QuantSpec:
+    if spec.rounding != "stochastic":
+        return spec
+    return dataclasses.replace(spec, rounding="nearest", rand_bits=None)
+
+
+class _Frame:
+    __slots__ = ("name", "count", "hash")
+
+    def __init__(self, name: str) -> None:
+        self.name, self.count, self.hash = name, 0, zlib.crc32(name.encode())
+
+
+class _RoundOperand(torch.autograd.Function):
+    """Forward ``Q(x)``; backward straight through."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, q: Quantizer, gen: torch.Generator | None,
+                record: bool) -> torch.Tensor:
+        return q(x, record, generator=gen)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        return g, None, None, None
+
+
+class _RoundOutput(torch.autograd.Function):
+    """Forward ``Q_activation(y)`` (or ``y``); backward ``Q_error(g)`` (or ``g``)."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, act: Quantizer | None, err: Quantizer | None,
+                key: tuple[int, ...], record: bool) -> torch.Tensor:
+        ctx.err, ctx.key, ctx.record = err, key, record
+        if act is not None:
+            gen = keyed_generator(*key, _CLASS_CODE["activation"])
+            return act(y, record, generator=gen if act.spec.rounding == "stochastic" else None)
+        ctx.mark_dirty(y)  # returned as is: in-place ops may follow
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        err = ctx.err
+        if err is not None:
+            stochastic = err.spec.rounding == "stochastic"
+            gen = keyed_generator(*ctx.key, _CLASS_CODE["error"]) if stochastic else None
+            g = err(g, ctx.record, generator=gen)
+        return g, None, None, None, None
+
+
+class OpRun:
+    """The op-level state of one prepared model.
+
+    ``adopt(p, axis)`` is :func:`lowprec.prepare`'s: it makes ``p``'s owner a prepared
+    layer (in-place weight rounding, optimizer hooks) and returns whether ``p`` is now
+    kept in the weight format; ``sync(p)`` re-rounds it if changed since.
+    """
+
+    def __init__(self, recipe: Recipe, run: Any, seed: int, eval_rounding: str,
+                 adopt: Callable[[nn.Parameter, int], bool],
+                 sync: Callable[[nn.Parameter], None]) -> None:
+        if eval_rounding not in ("nearest", "recipe"):
+            raise ValueError(f"eval_rounding={eval_rounding!r}; allowed: 'nearest', 'recipe'")
+        self.recipe, self.run, self.seed = recipe, run, seed
+        self.kinds = frozenset(recipe.ops or ())
+        self.eval_nearest = eval_rounding == "nearest"
+        self.adopt, self.sync = adopt, sync
+        self.stack: list[_Frame] = []
+        self.training = True
+        self.specs: dict[str, dict[str, QuantSpec | None]] = {}
+        self.quantizers: dict[tuple[Any, ...], Quantizer | None] = {}
+        self.managed: dict[int, bool] = {}
+        self.records: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.mode = OpMode(self)
+
+    # -- hooks --------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> list[Any]:
+        """Hooks entering the mode around ``model``'s forward and tracking module names."""
+        handles = [model.register_forward_pre_hook(self._enter),
+                   model.register_forward_hook(self._exit, always_call=True)]
+        for name, m in model.named_modules():
+            if m is model:
+                continue
+            handles.append(m.register_forward_pre_hook(
+                lambda mod, args, n=name: self.stack.append(_Frame(n))))
+            handles.append(m.register_forward_hook(self._pop, always_call=True))
+        return handles
+
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        self.stack[:] = [_Frame("")]
+        self.training = module.training
+        self.mode.__enter__()
+
+    def _exit(self, module: nn.Module, args: Any, out: Any) -> None:
+        self.mode.__exit__(None, None, None)
+        self.stack.clear()
+
+    def _pop(self, module: nn.Module, args: Any, out: Any) -> None:
+        if len(self.stack) > 1:
+            self.stack.pop()
+
+    # -- rounding -----------------------------------------------------------------------
+    def module_specs(self, name: str) -> dict[str, QuantSpec | None]:
+        specs = self.specs.get(name)
+        if specs is None:
+            specs = self.specs[name] = self.recipe.for_layer(name)
+        return specs
+
+    def quantizer(self, frame: _Frame, label: str, cls: str, slot: int,
+                  axis: int = -1) -> Quantizer | None:
+        """The quantizer of one (module, op position, class, operand): its own scale state."""
+        key = (frame.name, label, cls, slot, self.training)
+        if key not in self.quantizers:
+            spec = self.module_specs(frame.name)[cls]
+            if spec is not None:
+                spec = _with_axis(spec, axis)
+                if not self.training and self.eval_nearest:
+                    spec = _nearest(spec)
+            where = f"{frame.name or 'model'}.{label}.{cls}{slot if cls == 'input' else ''}"
+            self.quantizers[key] = None if spec is None else Quantizer(
+                spec, log=self.run.log, key=where)
+        return self.quantizers[key]
+
+    def _key(self, frame: _Frame, index: int, per_rank: bool) -> tuple[int, ...]:
+        rank = self.run.rank
+        base = (self.seed, self.run.passes, frame.hash, index)
+        return base if rank is None or not per_rank else (*base, rank + 1)
+
+    def _note(self, frame: _Frame, op: Op, label: str, cls: str, fmt: str | None) -> None:
+        rec = self.records.setdefault((frame.name, label, op.kind), {
+            "module": frame.name, "op": op.name, "kind": op.kind, "product": op.product,
+            "rounded": {}, "calls": 0})
+        if cls == "call":
+            rec["calls"] += 1
+        elif fmt is not None:
+            rec["rounded"][cls] = fmt
+
+    def call(self, func: Any, op: Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one intercepted op with the rounding its kind and module call for."""
+        frame = self.stack[-1] if self.stack else _Frame("")
+        index = frame.count
+        frame.count += 1
+        label = f"{op.name}#{index}"
+        self._note(frame, op, label, "call", None)
+        if op.kind not in self.kinds:
+            return func(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            return self._sdpa(*args, **kwargs)
+        record = self.run.recording
+        specs = self.module_specs(frame.name)
+        if op.product:
+            args = list(args)
+            if func is torch.einsum and len(args) == 2 and isinstance(args[1], list | tuple):
+                args = [args[0], *args[1]]
+            for slot, (pos, axis) in enumerate(op.operands(args)):  # type: ignore[misc]
+                t = args[pos] if pos < len(args) else None
+                if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                    continue
+                p = _param_of(t)
+                if p is not None and specs["weight"] is not None:
+                    held = self.managed.get(id(p))
+                    if held is None:
+                        held = self.managed[id(p)] = self.adopt(p, axis)
+                    if held:
+                        self.sync(p)
+                        self._note(frame, op, label, "weight", specs["weight"].format.name)
+                        continue
+                cls = "weight" if p is not None else "input"
+                q = self.quantizer(frame, label, cls, slot, axis)
+                if q is None:
+                    continue
+                stochastic = q.spec.rounding == "stochastic"
+                gen = keyed_generator(*self._key(frame, index, cls == "input"),
+                                      _CLASS_CODE[cls], slot) if stochastic else None
+                args[pos] = _RoundOperand.apply(t, q, gen, record)
+                self._note(frame, op, label, cls, q.spec.format.name)
+        out = func(*args, **kwargs)
+        return self._output(frame, op, label, index, out, specs, record)
+
+    def _output(self, frame: _Frame, op: Op, label: str, index: int, out: Any,
+                specs: dict[str, QuantSpec | None], record: bool) -> Any:
+        if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+            return out
+        act = self.quantizer(frame, label, "activation", 0)
+        err = self.quantizer(frame, label, "error", 0) if out.requires_grad else None
+        if act is None and err is None:
+            return out
+        for cls, q in (("activation", act), ("error", err)):
+            if q is not None:
+                self._note(frame, op, label, cls, q.spec.format.name)
+        if out._is_view():
+            out = out.clone()
+        return _RoundOutput.apply(out, act, err, self._key(frame, index, True), record)
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+              is_causal: bool = False, scale: float | None = None,
+              enable_gqa: bool = False) -> torch.Tensor:
+        """Scaled dot-product attention as two rounded products around a softmax."""
+        from .ops import OPS  # the table's matmul and softmax entries, relabelled
+        mm = dataclasses.replace(OPS[torch.matmul], kind="attention", name="sdpa.matmul")
+        sm = dataclasses.replace(OPS[torch.softmax], kind="attention", name="sdpa.softmax")
+        L, S = q.size(-2), k.size(-2)
+        scale = q.size(-1) ** -0.5 if scale is None else scale
+        if enable_gqa and k.size(-3) != q.size(-3):
+            k = k.repeat_interleave(q.size(-3) // k.size(-3), -3)
+            v = v.repeat_interleave(q.size(-3) // v.size(-3), -3)
+        s = self.call(torch.matmul, mm, (q, k.transpose(-2, -1)), {}) * scale
+        if is_causal:
+            keep = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+            s = s.masked_fill(~keep, float("-inf"))
+        if attn_mask is not None:
+            s = (s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
+                 else s + attn_mask)
+        p = self.call(torch.softmax, sm, (s, -1), {})
+        if dropout_p > 0:
+            p = F.dropout(p, dropout_p)
+        return self.call(torch.matmul, mm, (p, v), {})
+
+    def opaque(self, func: Any) -> None:
+        """Note a call computing products out of reach (an RNN kernel, ...)."""
+        frame = self.stack[-1] if self.stack else _Frame("")
+        op = Op("opaque", getattr(func, "__name__", repr(func)), lambda args: [])
+        self._note(frame, op, op.name, "call", None)
+
+    def coverage(self) -> list[dict[str, Any]]:
+        """Every op seen since prepare (or the last reset), in first-seen order."""
+        return [dict(r, rounded=dict(r["rounded"])) for r in self.records.values()]
+
+
+class OpMode(TorchFunctionMode):
+    """Routes the ops of :data:`~lowprec.train.ops.OPS` through :meth:`OpRun.call`."""
+
+    def __init__(self, run: OpRun) -> None:
+        super().__init__()
+        self.ops = run
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        op = lookup(func)
+        if op is not None:
+            return self.ops.call(func, op, args, kwargs)
+        if getattr(func, "__name__", "") in OPAQUE:
+            self.ops.opaque(func)
+        return func(*args, **kwargs)
+
