@@ -39,6 +39,7 @@ classes. In evaluation (``model.eval()``), op roundings are to nearest unless
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..numerics import presets
+from ..numerics.formats import Format
 from .ops import OPAQUE, Op, lookup
 from .quantizer import Quantizer, keyed_generator
 from .recipe import QuantSpec, Recipe
@@ -79,10 +82,11 @@ def _nearest(spec: QuantSpec) -> QuantSpec:
 
 
 class _Frame:
-    __slots__ = ("name", "count", "hash")
+    __slots__ = ("name", "count", "hash", "entered")
 
     def __init__(self, name: str) -> None:
         self.name, self.count, self.hash = name, 0, zlib.crc32(name.encode())
+        self.entered = False
 
 
 class _RoundOperand(torch.autograd.Function):
@@ -98,26 +102,28 @@ class _RoundOperand(torch.autograd.Function):
         return g, None, None, None
 
 
+def _round_error(err: Quantizer, key: tuple[int, ...], record: bool,
+                 g: torch.Tensor) -> torch.Tensor:
+    """``Q_error(g)``, keyed by the op that produced the tensor ``g`` is the gradient of."""
+    stochastic = err.spec.rounding == "stochastic"
+    gen = keyed_generator(*key, _CLASS_CODE["error"]) if stochastic else None
+    return err(g, record, generator=gen)
+
+
 class _RoundOutput(torch.autograd.Function):
-    """Forward ``Q_activation(y)`` (or ``y``); backward ``Q_error(g)`` (or ``g``)."""
+    """Forward ``Q_activation(y)``; backward ``Q_error(g)`` (or ``g``)."""
 
     @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, act: Quantizer | None, err: Quantizer | None,
+    def forward(ctx: Any, y: torch.Tensor, act: Quantizer, err: Quantizer | None,
                 key: tuple[int, ...], record: bool) -> torch.Tensor:
         ctx.err, ctx.key, ctx.record = err, key, record
-        if act is not None:
-            gen = keyed_generator(*key, _CLASS_CODE["activation"])
-            return act(y, record, generator=gen if act.spec.rounding == "stochastic" else None)
-        ctx.mark_dirty(y)  # returned as is: in-place ops may follow
-        return y
+        gen = keyed_generator(*key, _CLASS_CODE["activation"])
+        return act(y, record, generator=gen if act.spec.rounding == "stochastic" else None)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        err = ctx.err
-        if err is not None:
-            stochastic = err.spec.rounding == "stochastic"
-            gen = keyed_generator(*ctx.key, _CLASS_CODE["error"]) if stochastic else None
-            g = err(g, ctx.record, generator=gen)
+        if ctx.err is not None:
+            g = _round_error(ctx.err, ctx.key, ctx.record, g)
         return g, None, None, None, None
 
 
@@ -155,7 +161,7 @@ class OpRun:
             if m is model:
                 continue
             handles.append(m.register_forward_pre_hook(
-                lambda mod, args, n=name: self.stack.append(_Frame(n))))
+                lambda mod, args, n=name: self._push(n)))
             handles.append(m.register_forward_hook(self._pop, always_call=True))
         return handles
 
@@ -168,9 +174,18 @@ class OpRun:
         self.mode.__exit__(None, None, None)
         self.stack.clear()
 
+    def _push(self, name: str) -> None:
+        """A submodule starts. Called outside the model's forward (a recomputation by
+        activation checkpointing, in the backward), it enters the mode itself."""
+        frame = _Frame(name)
+        if not self.stack:
+            frame.entered = True
+            self.mode.__enter__()
+        self.stack.append(frame)
+
     def _pop(self, module: nn.Module, args: Any, out: Any) -> None:
-        if len(self.stack) > 1:
-            self.stack.pop()
+        if self.stack and self.stack[-1].name != "" and self.stack.pop().entered:
+            self.mode.__exit__(None, None, None)
 
     # -- rounding -----------------------------------------------------------------------
     def module_specs(self, name: str) -> dict[str, QuantSpec | None]:
@@ -199,7 +214,7 @@ class OpRun:
         base = (self.seed, self.run.passes, frame.hash, index)
         return base if rank is None or not per_rank else (*base, rank + 1)
 
-    def _note(self, frame: _Frame, op: Op, label: str, cls: str, fmt: str | None) -> None:
+    def _note(self, frame: _Frame, op: Op, label: str, cls: str, fmt: Format | None) -> None:
         rec = self.records.setdefault((frame.name, label, op.kind), {
             "module": frame.name, "op": op.name, "kind": op.kind, "product": op.product,
             "rounded": {}, "calls": 0})
@@ -214,11 +229,13 @@ class OpRun:
         index = frame.count
         frame.count += 1
         label = f"{op.name}#{index}"
-        self._note(frame, op, label, "call", None)
         if op.kind not in self.kinds:
+            self._note(frame, op, label, "call", None)
             return func(*args, **kwargs)
-        if func is F.scaled_dot_product_attention:
+        if func is F.scaled_dot_product_attention:  # not a product itself: its parts are
+            self._note(frame, Op(op.kind, "sdpa (decomposed)"), label, "call", None)
             return self._sdpa(*args, **kwargs)
+        self._note(frame, op, label, "call", None)
         record = self.run.recording
         specs = self.module_specs(frame.name)
         if op.product:
@@ -236,7 +253,7 @@ class OpRun:
                         held = self.managed[id(p)] = self.adopt(p, axis)
                     if held:
                         self.sync(p)
-                        self._note(frame, op, label, "weight", specs["weight"].format.name)
+                        self._note(frame, op, label, "weight", specs["weight"].format)
                         continue
                 cls = "weight" if p is not None else "input"
                 q = self.quantizer(frame, label, cls, slot, axis)
@@ -246,7 +263,7 @@ class OpRun:
                 gen = keyed_generator(*self._key(frame, index, cls == "input"),
                                       _CLASS_CODE[cls], slot) if stochastic else None
                 args[pos] = _RoundOperand.apply(t, q, gen, record)
-                self._note(frame, op, label, cls, q.spec.format.name)
+                self._note(frame, op, label, cls, q.spec.format)
         out = func(*args, **kwargs)
         return self._output(frame, op, label, index, out, specs, record)
 
@@ -260,10 +277,13 @@ class OpRun:
             return out
         for cls, q in (("activation", act), ("error", err)):
             if q is not None:
-                self._note(frame, op, label, cls, q.spec.format.name)
-        if out._is_view():
-            out = out.clone()
-        return _RoundOutput.apply(out, act, err, self._key(frame, index, True), record)
+                self._note(frame, op, label, cls, q.spec.format)
+        key = self._key(frame, index, True)
+        if act is not None:
+            return _RoundOutput.apply(out, act, err, key, record)
+        # a gradient hook, not a new node: the op's saved output keeps its version
+        out.register_hook(functools.partial(_round_error, err, key, record))
+        return out
 
     def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
@@ -298,7 +318,10 @@ class OpRun:
 
     def coverage(self) -> list[dict[str, Any]]:
         """Every op seen since prepare (or the last reset), in first-seen order."""
-        return [dict(r, rounded=dict(r["rounded"])) for r in self.records.values()]
+        names: dict[Format, str] = {}
+        return [dict(r, rounded={c: names.setdefault(f, presets.name_of(f))
+                                 for c, f in r["rounded"].items()})
+                for r in self.records.values()]
 
 
 class OpMode(TorchFunctionMode):

@@ -1,0 +1,114 @@
+"""Op-level rounding, checked on what aten's product ops actually receive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gpt_fixture import GPT, ProductRecorder
+from torch import nn
+
+import lowprec as lp
+from lowprec.numerics.quantize import quantize
+
+OPERANDS = """
+name = "operands_bf16_e5m2"
+ops = ["all"]
+[input]
+format = "bf16"
+[weight]
+format = "bf16"
+[error]
+format = "fp8_e5m2"
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _in(t: torch.Tensor, fmt: str) -> bool:
+    return bool(torch.equal(quantize(t, fmt), t))
+
+
+def _step(model: nn.Module) -> tuple[ProductRecorder, ProductRecorder]:
+    idx = torch.randint(64, (2, 16), generator=torch.Generator().manual_seed(0))
+    with ProductRecorder() as fwd:
+        loss = F.cross_entropy(model(idx).flatten(0, 1), idx.roll(-1, 1).flatten())
+    with ProductRecorder() as bwd:
+        loss.backward()
+    return fwd, bwd
+
+
+@pytest.mark.parametrize("sdpa", [False, True])
+def test_operands_toml_every_product_in_format(sdpa: bool) -> None:
+    torch.manual_seed(0)
+    model = lp.prepare(GPT(sdpa=sdpa), lp.Recipe.from_toml(OPERANDS))
+    fwd, bwd = _step(model)
+    assert fwd.calls and bwd.calls
+    for name, ops in fwd.calls:
+        assert ops, f"fused op {name} ran unrounded"
+        assert all(_in(t, "bf16") for t in ops), name
+    for name, ops in bwd.calls:
+        assert all(_in(t, "bf16") for t in ops), name
+        assert any(_in(t, "fp8_e5m2") for t in ops), f"{name}: no e5m2 error operand"
+    # 2 blocks x (4 linears + 2 attention products) + tied head
+    assert len(fwd.calls) == 13
+    cov = lp.coverage(model)
+    assert not [r for r in cov if r["product"] and not r["rounded"]]
+    head = [r for r in cov if r["module"] == "" and r["kind"] == "linear"]
+    assert head and head[0]["rounded"]["weight"] == "bf16"
+
+
+def test_unprepared_rounds_nothing() -> None:
+    """The recorder's check is not vacuous: an fp32 GPT's operands are not all bf16."""
+    torch.manual_seed(0)
+    fwd, _ = _step(GPT())
+    assert not all(_in(t, "bf16") for _, ops in fwd.calls for t in ops)
+
+
+def test_tied_embedding_one_master() -> None:
+    torch.manual_seed(0)
+    recipe = lp.Recipe(ops=("linear", "embedding"), weight="fp8_e4m3", master_weights=True)
+    model = lp.prepare(GPT(), recipe)
+    _step(model)
+    sd = model.state_dict()
+    assert torch.equal(sd["wte.weight"], model.wte.weight.detach()) is False
+    assert _in(model.wte.weight.detach(), "fp8_e4m3")
+
+
+def test_checkpoint_recompute_same_bits_and_eval_deterministic() -> None:
+    torch.manual_seed(0)
+    recipe = lp.Recipe(ops=("all",), input={"format": "fp12", "rounding": "stochastic"},
+                       error={"format": "fp12", "rounding": "stochastic"})
+    model = lp.prepare(GPT(), recipe)
+    idx = torch.randint(64, (2, 16))
+    model.eval()
+    assert torch.equal(model(idx), model(idx))
+    model.train()
+
+    class Ckpt(nn.Module):
+        def __init__(self, use: bool) -> None:
+            super().__init__()
+            self.inner, self.use = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)), use
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.use:
+                return self.inner(x)
+            return torch.utils.checkpoint.checkpoint(self.inner, x, use_reentrant=False)
+
+    torch.manual_seed(1)
+    plain = lp.prepare(Ckpt(False), recipe, seed=5)
+    torch.manual_seed(1)
+    ck = lp.prepare(Ckpt(True), recipe, seed=5)
+    x = torch.randn(4, 8)
+    for m in (plain, ck):
+        m(x).square().sum().backward()
+    grads = [p.grad for p in plain.parameters()], [p.grad for p in ck.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
