@@ -112,3 +112,61 @@ def test_checkpoint_recompute_same_bits_and_eval_deterministic() -> None:
         m(x).square().sum().backward()
     grads = [p.grad for p in plain.parameters()], [p.grad for p in ck.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def _mantissa_at_most(t: torch.Tensor, man: int) -> bool:
+    """Every value has at most ``man`` fraction bits (any exponent: scales included)."""
+    m, _ = torch.frexp(t.double())
+    return bool(torch.equal(torch.ldexp(m, torch.tensor(man + 1.0)).round(),
+                            torch.ldexp(m, torch.tensor(man + 1.0))))
+
+
+def _fp4_blocks(t: torch.Tensor, block: int = 16) -> bool:
+    """Blocks of ``block`` along rows or along columns hold at most 8 magnitudes (E2M1's
+    0, 0.5, 1, 1.5, 2, 3, 4, 6 times the block's scale)."""
+    m = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t.reshape(1, -1)
+    for a in (m, m.T):
+        a = a.abs()[:, : a.shape[1] // block * block].reshape(-1, block)
+        if all(len(torch.unique(r)) <= 8 for r in a):
+            return True
+    return False
+
+
+# forward operand mantissa bits, backward: every operand, and the error operand
+FIELD = {"fp8_hybrid": (3, 3, 2), "mxfp8": (3, 3, 3), "bf16_mixed": (7, 7, 7),
+         "nvfp4": (1, 1, 1), "mxfp4": (1, 1, 1), "pot7_operands": (0, 5, 0)}
+
+
+@pytest.mark.parametrize("sdpa", [False, True])
+@pytest.mark.parametrize("preset", sorted(FIELD))
+def test_field_presets_round_every_gemm_operand(preset: str, sdpa: bool) -> None:
+    torch.manual_seed(0)
+    fwd_man, bwd_man, err_man = FIELD[preset]
+    model = lp.prepare(GPT(sdpa=sdpa), preset)
+    fwd, bwd = _step(model)
+    for name, ops in fwd.calls:
+        assert ops, f"fused op {name} ran unrounded"
+        if preset == "nvfp4":  # E4M3 block scales: count magnitudes per block instead
+            assert all(_fp4_blocks(t) for t in ops), name
+        elif preset == "pot7_operands":  # the input operand is a power of two
+            assert _mantissa_at_most(ops[0], 0) or _mantissa_at_most(ops[1], 0), name
+        else:
+            assert all(_mantissa_at_most(t, fwd_man) for t in ops), name
+    for name, ops in bwd.calls:
+        if preset == "nvfp4":
+            assert all(_fp4_blocks(t) for t in ops), name
+            continue
+        assert all(_mantissa_at_most(t, bwd_man) for t in ops), name
+        assert any(_mantissa_at_most(t, err_man) for t in ops), name
+
+
+def test_pot7_operands_conv_after_batchnorm_and_avgpool() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.AvgPool2d(2),
+                        nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 3))
+    lp.prepare(net, "pot7_operands")
+    with ProductRecorder() as fwd:
+        net(torch.randn(2, 1, 8, 8)).sum().backward()
+    assert fwd.calls
+    for name, ops in fwd.calls:
+        assert any(_mantissa_at_most(t, 0) for t in ops), name
