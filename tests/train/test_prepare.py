@@ -17,7 +17,7 @@ from lowprec.study.data import load_dataset
 from lowprec.study.models import build_model
 
 FP32 = lp.FloatingPoint(8, 23)  # rounding a float32 tensor into it is the identity
-IDENTITY = lp.Recipe(**dict.fromkeys(lp.recipe.TENSOR_CLASSES, FP32))
+IDENTITY = lp.Recipe(**dict.fromkeys(("weight", "activation", "error", "weight_grad", "update"), FP32))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,7 +30,7 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def digits() -> lp.data.Dataset:
+def digits() -> "Dataset":
     return load_dataset("digits")
 
 
@@ -320,8 +320,7 @@ def test_prepare_and_wrap_reject_misuse() -> None:
         lp.register_layer(int)  # type: ignore[arg-type]
 
 
-def test_registered_layer_types_are_prepared() -> None:
-    @lp.register_layer
+def test_extra_layer_types_are_prepared_for_one_call() -> None:
     class Scale(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -330,19 +329,18 @@ def test_registered_layer_types_are_prepared() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * self.weight
 
-    try:
-        model = lp.prepare(nn.Sequential(Scale()), lp.Recipe(weight="fxp12", activation="pot7"))
-        y = model(torch.tensor([[1.0, 3.0, -5.0, 0.1]]))
-        assert torch.equal(model[0].weight.detach(), torch.full((4,), 77 / 256))
-        assert representable(y, lp.formats.get("pot7"))
-    finally:
-        lp.training._LAYER_TYPES.remove(Scale)
+    recipe = lp.Recipe(weight="fxp12", activation="pot7")
+    model = lp.prepare(nn.Sequential(Scale()), recipe, layers=[Scale])
+    y = model(torch.tensor([[1.0, 3.0, -5.0, 0.1]]))
+    assert torch.equal(model[0].weight.detach(), torch.full((4,), 77 / 256))
+    assert representable(y, lp.formats.get("pot7"))
+    assert Scale not in lowprec.train.prepare.layer_types()  # scoped to the call
 
 
 # -- a short real run: the study's ordering on digits -----------------------------------------
 
 
-def test_short_digits_run_shows_the_study_ordering(digits: lp.data.Dataset) -> None:
+def test_short_digits_run_shows_the_study_ordering(digits: "Dataset") -> None:
     """150 SGD steps of small_cnn (batch 64) on sklearn's digits, seed 0.
 
     Measured over seeds 0-5 (test accuracy, 359 images, one image = 0.28 points): fp32
