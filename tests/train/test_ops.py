@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +172,44 @@ def test_pot7_operands_conv_after_batchnorm_and_avgpool() -> None:
     assert fwd.calls
     for name, ops in fwd.calls:
         assert any(_mantissa_at_most(t, 0) for t in ops), name
+
+
+def test_multihead_attention_op_by_op_and_rnn_listed_unrounded() -> None:
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.rnn = nn.GRU(16, 16, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, _ = self.mha(x, x, x, need_weights=False)
+            return self.rnn(y)[0]
+
+    net = Net()
+    x = torch.randn(2, 5, 16)
+    want = net(x)
+    lp.prepare(net, lp.Recipe(ops=("all",), input="fp32", weight="fp32"))
+    torch.testing.assert_close(net(x), want)  # the decomposition computes the same function
+    lp.unprepare(net)
+    lp.prepare(net, lp.Recipe(ops=("all",), input="bf16", weight="bf16"))
+    with ProductRecorder() as fwd:
+        net(x)
+    mha = [ops for name, ops in fwd.calls][:6]  # 3 projections, QK^T, PV, out projection
+    assert all(_in(t, "bf16") for ops in mha for t in ops)
+    cov = lp.coverage(net)
+    assert [r["op"] for r in cov if r["product"] and not r["rounded"]] == ["gru"]
+
+
+def test_inspect_lists_every_op_and_flags_unrounded_products(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from lowprec import cli
+    assert cli.main(["inspect", "--model", "small_cnn", "--recipe", "fp8_hybrid"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d" in out and "fp8_e4m3" in out and "0 product op(s) ran unrounded" in out
+    toml = "name = 'lin'\nops = ['linear']\ninput = 'bf16'\n"
+    path = Path(tempfile.mkdtemp()) / "lin.toml"
+    path.write_text(toml)
+    assert cli.main(["inspect", "--model", "small_cnn", "--recipe", str(path)]) == 0
+    assert "conv1:conv2d" in capsys.readouterr().out  # convs are not rounded: flagged

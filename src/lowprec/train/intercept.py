@@ -229,6 +229,12 @@ class OpRun:
         index = frame.count
         frame.count += 1
         label = f"{op.name}#{index}"
+        if func is F.multi_head_attention_forward and self.kinds & {"linear", "attention"}:
+            out = self._mha(*args, **kwargs)
+            if out is not None:
+                self._note(frame, Op(op.kind, "mha (decomposed)"), label, "call", None)
+                return out
+            op = dataclasses.replace(op, kind="opaque")  # bias_k, static k/v, zero attention
         if op.kind not in self.kinds:
             self._note(frame, op, label, "call", None)
             return func(*args, **kwargs)
@@ -247,14 +253,9 @@ class OpRun:
                 if not isinstance(t, torch.Tensor) or not t.is_floating_point():
                     continue
                 p = _param_of(t)
-                if p is not None and specs["weight"] is not None:
-                    held = self.managed.get(id(p))
-                    if held is None:
-                        held = self.managed[id(p)] = self.adopt(p, axis)
-                    if held:
-                        self.sync(p)
-                        self._note(frame, op, label, "weight", specs["weight"].format)
-                        continue
+                if p is not None and specs["weight"] is not None and self._held(p, axis):
+                    self._note(frame, op, label, "weight", specs["weight"].format)
+                    continue
                 cls = "weight" if p is not None else "input"
                 q = self.quantizer(frame, label, cls, slot, axis)
                 if q is None:
@@ -266,6 +267,16 @@ class OpRun:
                 self._note(frame, op, label, cls, q.spec.format)
         out = func(*args, **kwargs)
         return self._output(frame, op, label, index, out, specs, record)
+
+    def _held(self, p: nn.Parameter, axis: int) -> bool:
+        """Whether ``p`` is kept in its weight format in place (adopted at first use,
+        re-rounded here if changed since)."""
+        held = self.managed.get(id(p))
+        if held is None:
+            held = self.managed[id(p)] = self.adopt(p, axis)
+        if held:
+            self.sync(p)
+        return held
 
     def _output(self, frame: _Frame, op: Op, label: str, index: int, out: Any,
                 specs: dict[str, QuantSpec | None], record: bool) -> Any:
@@ -309,6 +320,57 @@ class OpRun:
         if dropout_p > 0:
             p = F.dropout(p, dropout_p)
         return self.call(torch.matmul, mm, (p, v), {})
+
+    def _mha(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             embed_dim: int, num_heads: int, in_w: torch.Tensor | None,
+             in_b: torch.Tensor | None, bias_k: Any, bias_v: Any, add_zero_attn: bool,
+             dropout_p: float, out_w: torch.Tensor, out_b: torch.Tensor | None,
+             training: bool = True, key_padding_mask: torch.Tensor | None = None,
+             need_weights: bool = True, attn_mask: torch.Tensor | None = None,
+             use_separate_proj_weight: bool = False, q_proj_weight: Any = None,
+             k_proj_weight: Any = None, v_proj_weight: Any = None, static_k: Any = None,
+             static_v: Any = None, average_attn_weights: bool = True,
+             is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """``F.multi_head_attention_forward`` op by op: three linear projections, the two
+        attention products around a softmax, the output projection (``None``: a variant
+        not decomposed). Inputs are ``(L, N, E)``, as nn.MultiheadAttention passes them."""
+        from .ops import OPS
+        if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None \
+                or static_v is not None or query.dim() != 3:
+            return None
+        frame = self.stack[-1] if self.stack else _Frame("")
+        if "linear" in self.kinds and self.module_specs(frame.name)["weight"] is not None:
+            for w in (in_w, in_b):  # rounded in place before the chunks below view them
+                if isinstance(w, nn.Parameter):
+                    self._held(w, -1)
+        lin = OPS[F.linear]
+        mm = dataclasses.replace(OPS[torch.matmul], kind="attention", name="mha.matmul")
+        sm = dataclasses.replace(OPS[torch.softmax], kind="attention", name="mha.softmax")
+        ws = ((q_proj_weight, k_proj_weight, v_proj_weight) if use_separate_proj_weight
+              else in_w.chunk(3))  # type: ignore[union-attr]
+        bs = (None,) * 3 if in_b is None else in_b.chunk(3)
+        L, N, E = query.shape
+        S, H = key.shape[0], num_heads
+
+        def heads(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+            y = self.call(F.linear, lin, (x, w, b), {})
+            return y.reshape(y.shape[0], N, H, E // H).permute(1, 2, 0, 3)
+
+        q, k, v = (heads(x, w, b) for x, w, b in zip((query, key, value), ws, bs, strict=True))
+        s = self.call(torch.matmul, mm, (q, k.transpose(-2, -1)), {}) * (E // H) ** -0.5
+        for m in (attn_mask, key_padding_mask):
+            if m is None:
+                continue
+            m = m.view(N, 1, 1, S) if m is key_padding_mask else (
+                m.view(N, H, L, S) if m.dim() == 3 else m)
+            s = s.masked_fill(m, float("-inf")) if m.dtype == torch.bool else s + m
+        p = self.call(torch.softmax, sm, (s, -1), {})
+        pd = F.dropout(p, dropout_p) if training and dropout_p > 0 else p
+        o = self.call(torch.matmul, mm, (pd, v), {}).permute(2, 0, 1, 3).reshape(L, N, E)
+        out = self.call(F.linear, lin, (o, out_w, out_b), {})
+        if not need_weights:
+            return out, None
+        return out, (p.mean(1) if average_attn_weights else p)
 
     def opaque(self, func: Any) -> None:
         """Note a call computing products out of reach (an RNN kernel, ...)."""

@@ -103,6 +103,7 @@ _PRODUCTS: dict[Any, tuple[str, Operands]] = {
     torch.einsum: ("matmul", _einsum_operands),
     F.embedding: ("embedding", _fixed((1, -1))),
     F.scaled_dot_product_attention: ("attention", _fixed((0, -1), (1, -1), (2, -2))),
+    F.multi_head_attention_forward: ("attention", _fixed()),  # decomposed (intercept)
 }
 _OTHERS: dict[Any, str] = {
     **dict.fromkeys((F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm,
@@ -131,7 +132,7 @@ OPS: dict[Any, Op] = {
 
 #: functions computing products that op-level rounding cannot see into
 OPAQUE = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell",
-                    "rnn_tanh_cell", "rnn_relu_cell", "bilinear", "multi_head_attention_forward",
+                    "rnn_tanh_cell", "rnn_relu_cell", "bilinear",
                     "_scaled_dot_product_attention_math", "conv_tbc"})
 
 
