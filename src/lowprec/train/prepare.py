@@ -100,6 +100,8 @@ _ATTR = "_lowprec_run"  # attribute of a prepared model holding its _Run
 _OWNERS: weakref.WeakValueDictionary[int, _Layer] = weakref.WeakValueDictionary()
 #: the data-dependent tensor classes: stochastic rounding streams differ per rank
 PER_RANK = ("activation", "error", "input")
+#: ``prepare``'s default ``telemetry_every`` for op-level recipes
+OP_TELEMETRY_EVERY = 100
 def register_layer(cls: type[nn.Module]) -> type[nn.Module]:
     """Have :func:`prepare` quantize layers of type ``cls`` (also usable as a decorator).
 
@@ -294,7 +296,7 @@ def _run(model: nn.Module) -> _Run:
 
 
 def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
-            telemetry_every: int = 1, pack: bool | None = None,
+            telemetry_every: int | None = None, pack: bool | None = None,
             rank: int | None = None, eval_rounding: str = "nearest",
             layers: Sequence[type[nn.Module]] = ()) -> nn.Module:
     """Quantize every layer of a registered type in ``model`` as ``recipe`` says; with an
@@ -304,7 +306,10 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
         model: any module; its code is not changed, only hooks are added.
         recipe: a :class:`~lowprec.Recipe` or a preset name (:func:`lowprec.recipes.names`).
         seed: seeds the model's generator for stochastic rounding.
-        telemetry_every: record telemetry every N-th training forward pass (0: never).
+        telemetry_every: record telemetry every N-th training forward pass (0: never);
+            default 1 for module-level recipes, :data:`OP_TELEMETRY_EVERY` for op-level
+            ones (measuring every rounded operand of a transformer costs several times the
+            step: benchmarks/gpt_step.py).
         pack: store the tensors autograd saves for backward as their format's packed
             integer codes (:class:`~lowprec.packing.PackHook`; exact); default: ``recipe.pack``.
         rank: this process's rank under data parallelism: stochastic roundings of the
@@ -322,6 +327,8 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
     recipe = recipes.resolve(recipe)
     if _ATTR in model.__dict__:
         raise ValueError("model is already prepared: call lowprec.unprepare(model) first")
+    if telemetry_every is None:
+        telemetry_every = OP_TELEMETRY_EVERY if recipe.op_level else 1
     if type(telemetry_every) is not int or telemetry_every < 0:
         raise ValueError(f"telemetry_every must be an int >= 0, got {telemetry_every!r}")
     if recipe.op_level:
