@@ -213,3 +213,21 @@ def test_inspect_lists_every_op_and_flags_unrounded_products(
     path.write_text(toml)
     assert cli.main(["inspect", "--model", "small_cnn", "--recipe", str(path)]) == 0
     assert "conv1:conv2d" in capsys.readouterr().out  # convs are not rounded: flagged
+
+
+def test_quantize_inside_autograd_and_quantizer_state() -> None:
+    x = torch.linspace(-3, 3, 64, requires_grad=True)
+    y = lp.quantize_ste(x, "fp8_e4m3")
+    assert torch.equal(y, quantize(x.detach(), "fp8_e4m3"))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(64))  # straight through
+    q = lp.Quantize(forward="bf16", backward="fp8_e5m2")
+    x.grad = None
+    g = torch.linspace(0.01, 1, 64)
+    q(x).backward(g)
+    assert torch.equal(x.grad, quantize(g, "fp8_e5m2"))
+    spec = lp.QuantSpec("fp8_e4m3", scaling=lp.Scaling(method="history", history=2))
+    a, b = lp.Quantizer(spec), lp.Quantizer(spec)
+    a(torch.full((4,), 100.0))
+    assert a.state_dict()["scale"]["count"] == 1 and b.state_dict()["scale"]["count"] == 0
+    assert spec.scaling.state is None  # the recipe's config holds no state
