@@ -13,11 +13,12 @@ from torch import nn
 
 import lowprec as lp
 import lowprec.train.prepare
-from lowprec.study.data import load_dataset
+from lowprec.study.data import Dataset, load_dataset
 from lowprec.study.models import build_model
 
 FP32 = lp.FloatingPoint(8, 23)  # rounding a float32 tensor into it is the identity
-IDENTITY = lp.Recipe(**dict.fromkeys(("weight", "activation", "error", "weight_grad", "update"), FP32))
+MODULE_CLASSES = ("weight", "activation", "error", "weight_grad", "update")
+IDENTITY = lp.Recipe(**dict.fromkeys(MODULE_CLASSES, FP32))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,7 +31,7 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def digits() -> "Dataset":
+def digits() -> Dataset:
     return load_dataset("digits")
 
 
@@ -340,7 +341,7 @@ def test_extra_layer_types_are_prepared_for_one_call() -> None:
 # -- a short real run: the study's ordering on digits -----------------------------------------
 
 
-def test_short_digits_run_shows_the_study_ordering(digits: "Dataset") -> None:
+def test_short_digits_run_shows_the_study_ordering(digits: Dataset) -> None:
     """150 SGD steps of small_cnn (batch 64) on sklearn's digits, seed 0.
 
     Measured over seeds 0-5 (test accuracy, 359 images, one image = 0.28 points): fp32
