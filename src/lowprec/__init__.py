@@ -22,7 +22,15 @@ from .numerics.quantize import quantize
 from .numerics.scaling import ScaledFormat, ScaleState, Scaling
 from .numerics.telemetry import QuantInfo, TelemetryLog
 from .train import recipes
-from .train.prepare import prepare, register_layer, telemetry, unprepare, wrap_optimizer
+from .train.prepare import (
+    coverage,
+    prepare,
+    register_layer,
+    telemetry,
+    unprepare,
+    wrap_optimizer,
+)
+from .train.quantizer import Quantize, Quantizer, quantize_ste
 from .train.recipe import QuantSpec, Recipe, RecipeError
 
 __version__ = "0.1.0"
@@ -34,6 +42,8 @@ __all__ = [
     "PowerOfTwo",
     "QuantInfo",
     "QuantSpec",
+    "Quantize",
+    "Quantizer",
     "Recipe",
     "RecipeError",
     "RoundTo",
@@ -41,12 +51,14 @@ __all__ = [
     "ScaledFormat",
     "Scaling",
     "TelemetryLog",
+    "coverage",
     "formats",
     "mac_bmm",
     "mac_conv2d",
     "mac_matmul",
     "prepare",
     "quantize",
+    "quantize_ste",
     "recipes",
     "register_layer",
     "rounding",

@@ -47,6 +47,8 @@ from .study.steplog import TensorBoardMissing, require_tensorboard
 from .study.sweep import Sweep, SweepError
 from .study.sweep_runner import PROBLEMS, SUMMARY, RayOptions, run_sweep
 from .train import distributed, recipes
+from .train import prepare as training
+from .train.coverage import format_coverage
 from .train.recipe import Recipe, RecipeError
 
 __all__ = ["QUICK", "build_parser", "main"]
@@ -145,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sweep(sub)
     _add_cost(sub)
+    _add_inspect(sub)
     sub.add_parser("formats", help="list format presets").set_defaults(func=_formats)
     sub.add_parser("recipes", help="list recipe presets").set_defaults(func=_recipes)
     return parser
@@ -303,6 +306,37 @@ def _cost(args: argparse.Namespace) -> int:
         for path in cost.plot(rows, args.out / "cost", f"{args.model}, batch {args.batch}: "
                               "modelled cost, ratio to fp32"):
             print(f"wrote {path}")
+    return 0
+
+
+# -- inspect --------------------------------------------------------------------------------
+def _add_inspect(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="one training step of a study model under a recipe: "
+                                       "every op executed and what was rounded")
+    p.add_argument("--model", default="small_cnn", choices=list(MODELS))
+    p.add_argument("--recipe", required=True, help="preset name or TOML file")
+    p.add_argument("--batch", type=_positive, default=4)
+    p.set_defaults(func=_inspect)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Build the model, run one step on random data, print :func:`lowprec.coverage`."""
+    torch.manual_seed(0)
+    if args.model.startswith("gpt"):
+        model = build_model(args.model)
+        emb = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+        x = torch.randint(emb.num_embeddings, (args.batch, 32))
+    else:
+        c, s = _DEFAULT_INPUT.get(args.model, (3, 32))
+        model = build_model(args.model, 10, c, s)
+        x = torch.randn(args.batch, c, s, s)
+    model = training.prepare(model, recipes.resolve(args.recipe))
+    opt = training.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01))
+    out = model(x)
+    out.float().square().mean().backward()
+    opt.step()
+    print(f"{args.model} under {args.recipe}: one training step on random data\n")
+    print(format_coverage(training.coverage(model)))
     return 0
 
 

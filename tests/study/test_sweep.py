@@ -138,7 +138,7 @@ def test_split_classes_and_options() -> None:
     assert hybrid.name == "fp8_hybrid-e3m4"
     assert hybrid.weight.format == FloatingPoint(3, 4, specials="fn")  # from fp8_e4m3
     assert hybrid.error.format == FloatingPoint(3, 4)  # from fp8_e5m2: IEEE specials
-    assert hybrid.activation.format.name == "FloatingPoint(exp=4, man=3, specials='fn')"
+    assert hybrid.input.format.name == "FloatingPoint(exp=4, man=3, specials='fn')"
     assert hybrid.weight.scaling is not None and hybrid.master_weights
     assert plain.name == "plain-e5m2"
     assert plain.weight.format == FloatingPoint(5, 2, subnormals=False)

@@ -15,10 +15,10 @@ import lowprec as lp
 import lowprec.train.prepare
 from lowprec.study.data import Dataset, load_dataset
 from lowprec.study.models import build_model
-from lowprec.train.recipe import TENSOR_CLASSES
 
 FP32 = lp.FloatingPoint(8, 23)  # rounding a float32 tensor into it is the identity
-IDENTITY = lp.Recipe(**dict.fromkeys(TENSOR_CLASSES, FP32))
+MODULE_CLASSES = ("weight", "activation", "error", "weight_grad", "update")
+IDENTITY = lp.Recipe(**dict.fromkeys(MODULE_CLASSES, FP32))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -321,8 +321,7 @@ def test_prepare_and_wrap_reject_misuse() -> None:
         lp.register_layer(int)  # type: ignore[arg-type]
 
 
-def test_registered_layer_types_are_prepared() -> None:
-    @lp.register_layer
+def test_extra_layer_types_are_prepared_for_one_call() -> None:
     class Scale(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -331,13 +330,12 @@ def test_registered_layer_types_are_prepared() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * self.weight
 
-    try:
-        model = lp.prepare(nn.Sequential(Scale()), lp.Recipe(weight="fxp12", activation="pot7"))
-        y = model(torch.tensor([[1.0, 3.0, -5.0, 0.1]]))
-        assert torch.equal(model[0].weight.detach(), torch.full((4,), 77 / 256))
-        assert representable(y, lp.formats.get("pot7"))
-    finally:
-        lowprec.train.prepare._LAYER_TYPES.remove(Scale)
+    recipe = lp.Recipe(weight="fxp12", activation="pot7")
+    model = lp.prepare(nn.Sequential(Scale()), recipe, layers=[Scale])
+    y = model(torch.tensor([[1.0, 3.0, -5.0, 0.1]]))
+    assert torch.equal(model[0].weight.detach(), torch.full((4,), 77 / 256))
+    assert representable(y, lp.formats.get("pot7"))
+    assert Scale not in lowprec.train.prepare.layer_types()  # scoped to the call
 
 
 # -- a short real run: the study's ordering on digits -----------------------------------------

@@ -17,12 +17,16 @@ fp32; a scaled format counts its element format, shared scales are not counted):
 ``W`` weight, ``ĝ`` error, the output ``y`` activation. The input ``x`` is in
 the activation format of the previous prepared layer if it holds that layer's outputs
 unchanged (through ReLU, max-pool, flatten), else fp32 (the data, an average pool,
-LRN, a residual sum). A probe finds out: the forward pass rounds every prepared
-layer's output to a power of two (all exponents); ``x`` holds stored outputs iff
-every value is then ``0`` or ``±2**k``, not all ``0``. A product is *shift-only* iff
-one operand's format is power-of-two valued (``man = 0``, e.g. pot7): with pot7
-activations and errors, every product of a layer fed by ReLU/max-pool is a shift; a
-layer fed by the data or an average pool needs multipliers in its forward pass.
+LRN, a residual sum); for an op-level recipe (``recipe.ops``) listing the layer's kind,
+``x`` is in the recipe's ``input`` format, rounded right before the product whatever
+precedes it (``pot7_operands``: every product has a power-of-two operand), and a kind
+not listed is fp32 throughout. For module-level recipes a probe finds out: the
+forward pass rounds every prepared layer's output to a power of two (all exponents);
+``x`` holds stored outputs iff every value is then ``0`` or ``±2**k``, not all ``0``.
+A product is *shift-only* iff one operand's format is power-of-two valued (``man = 0``,
+e.g. pot7): with pot7 activations and errors, every product of a layer fed by
+ReLU/max-pool is a shift; a layer fed by the data or an average pool needs multipliers
+in its forward pass.
 
 **Energy per operation** (Horowitz, ISSCC 2014, 45 nm, pJ; the table in STUDY.md):
 int add 8/16/32 bit 0.03/0.05/0.1; int multiply 8/32 bit 0.2/3.1; float add 16/32 bit
@@ -80,6 +84,8 @@ from .energy import ACCUMULATE_PJ, MEMORY_PJ_PER_64_BITS, bits, is_pow2, product
 __all__ = ["PRODUCTS", "LayerCost", "analyse", "multiplications_removed", "summarize"]
 
 PRODUCTS = ("forward", "grad_input", "grad_weight")
+#: the classes traffic and storage are counted in (a layer's input counts as activation)
+TRAFFIC = tuple(c for c in TENSOR_CLASSES if c != "input")
 _PROBE = PowerOfTwo(8, emax=127)  # every float32 exponent: marks stored layer outputs
 
 
@@ -156,9 +162,12 @@ def analyse(model: nn.Module, input_shape: Sequence[int],
         fmt: dict[str, Format | None] = {
             c: None if s is None else getattr(s.format, "element", s.format)  # MX: element
             for c, s in specs.items()}
-        fmt["input"] = last[0] if stored else None
-        per_out = out.numel() // 2
         kernel = getattr(module, "kernel_size", ())
+        if not rec.op_level:
+            fmt["input"] = last[0] if stored else None
+        elif ("conv" if kernel else "linear") not in (rec.ops or ()):
+            fmt = dict.fromkeys(fmt)  # an op-level recipe that leaves this kind fp32
+        per_out = out.numel() // 2
         k = module.in_channels // module.groups if kernel else module.in_features
         for size in kernel:
             k *= size
@@ -188,8 +197,8 @@ def summarize(layers: Sequence[LayerCost], memory: str = "dram") -> dict[str, An
     if memory not in MEMORY_PJ_PER_64_BITS:
         raise ValueError(f"memory={memory!r} is unknown; allowed: {list(MEMORY_PJ_PER_64_BITS)}")
     counts = [c for la in layers for c in la.products().values()]
-    moved = {c: sum(la.moved_bits()[c] for la in layers) for c in TENSOR_CLASSES}
-    stored = {c: sum(la.stored_bits()[c] for la in layers) for c in TENSOR_CLASSES}
+    moved = {c: sum(la.moved_bits()[c] for la in layers) for c in TRAFFIC}
+    stored = {c: sum(la.stored_bits()[c] for la in layers) for c in TRAFFIC}
     stored["error"] = max((la.stored_bits()["error"] for la in layers), default=0)
     compute = sum(la.compute_pj() for la in layers)
     mem = sum(moved.values()) * MEMORY_PJ_PER_64_BITS[memory] / 64

@@ -67,20 +67,22 @@ from __future__ import annotations
 import fnmatch
 import functools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..numerics.quantize import quantize
 from ..numerics.telemetry import TelemetryLog
 from . import recipes
+from .intercept import OpRun, _with_axis
 from .packing import PackHook
+from .quantizer import Quantizer, keyed_generator
 from .recipe import POSITIONS, QuantSpec, Recipe
 
 __all__ = [
     "PER_RANK",
+    "coverage",
     "keyed_generator",
     "layer_types",
     "load_rounding_state",
@@ -97,28 +99,9 @@ _LAYER_TYPES: list[type[nn.Module]] = [nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3
 _ATTR = "_lowprec_run"  # attribute of a prepared model holding its _Run
 _OWNERS: weakref.WeakValueDictionary[int, _Layer] = weakref.WeakValueDictionary()
 #: the data-dependent tensor classes: stochastic rounding streams differ per rank
-PER_RANK = ("activation", "error")
-_MASK64 = 2**64 - 1
-
-
-def _splitmix64(h: int, k: int) -> int:
-    """One splitmix64 step on ``h + k`` (mod 2**64): a bijective, well-mixed 64-bit hash."""
-    z = (h + k + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def keyed_generator(*key: int) -> torch.Generator:
-    """A fresh CPU generator seeded with ``h(key)``, ``h`` folding :func:`_splitmix64` over
-    the integers of ``key`` (taken mod 2**64): a stream named by its key instead of drawn,
-    so that its seed does not depend on the order of other roundings."""
-    h = 0
-    for k in key:
-        h = _splitmix64(h, k & _MASK64)
-    return torch.Generator().manual_seed(h)
-
-
+PER_RANK = ("activation", "error", "input")
+#: ``prepare``'s default ``telemetry_every`` for op-level recipes
+OP_TELEMETRY_EVERY = 100
 def register_layer(cls: type[nn.Module]) -> type[nn.Module]:
     """Have :func:`prepare` quantize layers of type ``cls`` (also usable as a decorator).
 
@@ -152,6 +135,7 @@ class _Run:
         self.layers: list[_Layer] = []
         self.handles: list[Any] = []
         self.pack_hook: Any = None  # a packing.PackHook when saved tensors are packed
+        self.ops: OpRun | None = None  # op-level recipes: the interception state
 
     def begin_pass(self, module: nn.Module, args: Any) -> None:
         """Root forward-pre-hook: decide whether this training pass is recorded."""
@@ -168,32 +152,20 @@ class _Run:
         return keyed_generator(u, self.rank)
 
 
-class _Rounder:
-    """Rounds the tensors of one (layer, class, tensor) with its spec and scaling state;
-    ``per_rank``: a data-dependent class (:data:`PER_RANK`)."""
+class _Rounder(Quantizer):
+    """A :class:`~lowprec.train.quantizer.Quantizer` of one (layer, class, tensor) drawing
+    from its model's streams; ``per_rank``: a data-dependent class (:data:`PER_RANK`)."""
 
     def __init__(self, spec: QuantSpec, key: str, run: _Run, per_rank: bool) -> None:
-        self.spec, self.key, self.run = spec, key, run
-        self.per_rank = per_rank and spec.rounding == "stochastic"
-        self.scaling = None if spec.scaling is None else spec.scaling.stateful()
+        per_rank = per_rank and spec.rounding == "stochastic"
+        super().__init__(spec, generator=lambda: run.stream(per_rank), log=run.log, key=key)
+        self.run = run
 
-    def __call__(self, x: torch.Tensor, record: bool | None = None,
+    def __call__(self, x: torch.Tensor, record: bool | None = None,  # type: ignore[override]
                  out: torch.Tensor | None = None) -> torch.Tensor:
         """``Q(x)`` into ``out`` (may be ``x``) or a new tensor; telemetry is recorded if
         ``record`` (default: if this pass is recorded)."""
-        s, run = self.spec, self.run
-        record = run.recording if record is None else record
-        y = quantize(x, s.format, s.rounding, generator=run.stream(self.per_rank),
-                     rand_bits=s.rand_bits, overflow=s.overflow, scaling=self.scaling, out=out,
-                     return_info=record)
-        if record:
-            y, info = y
-            run.log.update(self.key, info)
-        return y
-
-    def inplace(self, t: torch.Tensor) -> None:
-        """``t ← Q(t)``."""
-        self(t, out=t)
+        return super().__call__(x, self.run.recording if record is None else record, out)
 
 
 class _Layer:
@@ -207,9 +179,12 @@ class _Layer:
         self.masters: dict[str, torch.Tensor] = {}
         self.parked: dict[str, torch.Tensor] = {}
         self.names: dict[int, str] = {}
+        self.axes: dict[str, int] = {}  # op level: a parameter's reduction axis (block scaling)
+        self.own: set[str] | None = None  # op level: the parameters it owns (None: all)
 
     def params(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.module._parameters.items() if p is not None)
+        return ((n, p) for n, p in self.module._parameters.items()
+                if p is not None and (self.own is None or n in self.own))
 
     def bind(self) -> None:
         """(Re)register the layer as the owner of its parameter objects."""
@@ -221,6 +196,8 @@ class _Layer:
         key = (cls, tensor)
         if key not in self.rounders:
             spec = self.specs[cls]
+            if spec is not None and tensor in self.axes:
+                spec = _with_axis(spec, self.axes[tensor])
             label = f"{self.name}.{cls}{'.' + log if log else ''}"
             self.rounders[key] = (None if spec is None
                                   else _Rounder(spec, label, self.run, cls in PER_RANK))
@@ -319,20 +296,30 @@ def _run(model: nn.Module) -> _Run:
 
 
 def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
-            telemetry_every: int = 1, pack: bool | None = None,
-            rank: int | None = None) -> nn.Module:
-    """Quantize every layer of a registered type in ``model`` as ``recipe`` says.
+            telemetry_every: int | None = None, pack: bool | None = None,
+            rank: int | None = None, eval_rounding: str = "nearest",
+            layers: Sequence[type[nn.Module]] = ()) -> nn.Module:
+    """Quantize every layer of a registered type in ``model`` as ``recipe`` says; with an
+    op-level recipe (``recipe.ops``), every op of a listed kind (:mod:`.intercept`).
 
     Args:
         model: any module; its code is not changed, only hooks are added.
         recipe: a :class:`~lowprec.Recipe` or a preset name (:func:`lowprec.recipes.names`).
         seed: seeds the model's generator for stochastic rounding.
-        telemetry_every: record telemetry every N-th training forward pass (0: never).
+        telemetry_every: record telemetry every N-th training forward pass (0: never);
+            default 1 for module-level recipes, :data:`OP_TELEMETRY_EVERY` for op-level
+            ones (measuring every rounded operand of a transformer costs several times the
+            step: benchmarks/gpt_step.py).
         pack: store the tensors autograd saves for backward as their format's packed
             integer codes (:class:`~lowprec.packing.PackHook`; exact); default: ``recipe.pack``.
         rank: this process's rank under data parallelism: stochastic roundings of the
             :data:`PER_RANK` classes then use per-rank streams (module docstring); ``None``:
             a single process.
+        eval_rounding: op-level recipes: ``"nearest"`` rounds stochastic specs to nearest
+            while the model is in ``eval()`` mode (deterministic evaluation); ``"recipe"``
+            keeps the recipe's modes.
+        layers: module-level recipes: layer types quantized in this call besides
+            ``nn.Linear``/``nn.Conv*`` and those of :func:`register_layer`.
 
     Returns ``model`` itself. Raises ``ValueError`` if it is already prepared, has no
     layer of a registered type, or an override glob matches no such layer.
@@ -340,9 +327,14 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
     recipe = recipes.resolve(recipe)
     if _ATTR in model.__dict__:
         raise ValueError("model is already prepared: call lowprec.unprepare(model) first")
+    if telemetry_every is None:
+        telemetry_every = OP_TELEMETRY_EVERY if recipe.op_level else 1
     if type(telemetry_every) is not int or telemetry_every < 0:
         raise ValueError(f"telemetry_every must be an int >= 0, got {telemetry_every!r}")
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, tuple(_LAYER_TYPES))]
+    if recipe.op_level:
+        return _prepare_ops(model, recipe, seed, telemetry_every, pack, rank, eval_rounding)
+    types = (*_LAYER_TYPES, *layers)
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
     if not found:
         names = ", ".join(t.__name__ for t in _LAYER_TYPES)
         raise ValueError(f"model has no layer of a registered type ({names})")
@@ -364,9 +356,71 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
     return model
 
 
+def _prepare_ops(model: nn.Module, recipe: Recipe, seed: int, telemetry_every: int,
+                 pack: bool | None, rank: int | None, eval_rounding: str) -> nn.Module:
+    """:func:`prepare` for an op-level recipe: an :class:`~.intercept.OpRun` rounds ops;
+    a module becomes a :class:`_Layer` when one of its parameters is first a product
+    operand (one owner per parameter object: tied parameters have one master)."""
+    names = [n for n, _ in model.named_modules()]
+    unused = [g for g in recipe.overrides if not any(fnmatch.fnmatchcase(n, g) for n in names)]
+    if unused:
+        raise ValueError(f"override(s) {unused} match no module; modules: {names}")
+    run = _Run(recipe, seed, telemetry_every, rank)
+    owners: dict[int, tuple[str, nn.Module]] = {}
+    for mname, m in model.named_modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), (mname, m))
+
+    def adopt(p: nn.Parameter, axis: int) -> bool:
+        mname, module = owners.get(id(p), ("", None))
+        specs = recipe.for_layer(mname)
+        if module is None or specs["weight"] is None:
+            return False
+        layer = _Layer(mname or "model", module, specs, run)
+        layer.own = {n for n, q in module._parameters.items()
+                     if q is not None and owners[id(q)][1] is module and id(q) not in _OWNERS}
+        layer.axes = {n: axis for n, q in module._parameters.items() if q is p}
+        run.layers.append(layer)
+        run.handles += _attach_params(layer, module, run, forward_hooks=False)
+        return id(p) in layer.names
+
+    def sync(p: nn.Parameter) -> None:
+        _OWNERS[id(p)].sync()
+
+    ops = OpRun(recipe, run, seed, eval_rounding, adopt, sync)
+    run.ops = ops
+    run.handles.append(model.register_forward_pre_hook(run.begin_pass, prepend=True))
+    run.handles += ops.attach(model)
+    run.handles.append(model.register_state_dict_post_hook(
+        functools.partial(_tied_masters, model)))
+    if recipe.pack if pack is None else pack:
+        run.pack_hook = PackHook(recipe)
+        run.handles += run.pack_hook.attach(model)
+    model.__dict__[_ATTR] = run
+    return model
+
+
+def _tied_masters(model: nn.Module, module: nn.Module, sd: dict[str, Any], prefix: str,
+                  meta: Any) -> None:
+    """Every key of a parameter with a master reports the master (tied keys included)."""
+    for n, p in model.named_parameters(remove_duplicate=False):
+        layer = _OWNERS.get(id(p))
+        if layer is not None and layer.names.get(id(p)) in layer.masters and prefix + n in sd:
+            sd[prefix + n] = layer.masters[layer.names[id(p)]]
+
+
 def _attach(name: str, module: nn.Module, specs: dict[str, QuantSpec | None],
             run: _Run) -> _Layer:
     layer = _Layer(name, module, specs, run)
+    run.handles += _attach_params(layer, module, run, forward_hooks=True)
+    return layer
+
+
+def _attach_params(layer: _Layer, module: nn.Module, run: _Run,
+                   forward_hooks: bool) -> list[Any]:
+    """Own, round (masters first) and hook the layer's parameters; returns the handles."""
+    specs = layer.specs
     layer.bind()
     master = run.recipe.master_weights and specs["weight"] is not None
     for n, p in layer.params():
@@ -374,16 +428,15 @@ def _attach(name: str, module: nn.Module, specs: dict[str, QuantSpec | None],
             layer.masters[n] = p.detach().clone()
         layer.round_weight(n, p)
     hooks = [module.register_load_state_dict_post_hook(layer.load_post_hook)]
-    if specs["weight"] is not None:
+    if specs["weight"] is not None and forward_hooks:
         hooks.append(module.register_forward_pre_hook(layer.forward_pre_hook))
-    if specs["activation"] is not None or specs["error"] is not None:
+    if (specs["activation"] is not None or specs["error"] is not None) and forward_hooks:
         hooks.append(module.register_forward_hook(layer.forward_hook))
     if master:
         # partial: torch tags state_dict hooks with an attribute, which bound methods refuse
         hook = functools.partial(_Layer.state_dict_hook, layer)
         hooks.append(module.register_state_dict_post_hook(hook))
-    run.handles += hooks
-    return layer
+    return hooks
 
 
 def unprepare(model: nn.Module) -> nn.Module:
@@ -399,6 +452,21 @@ def unprepare(model: nn.Module) -> nn.Module:
             _OWNERS.pop(i, None)
     del model.__dict__[_ATTR]
     return model
+
+
+def coverage(model: nn.Module) -> list[dict[str, Any]]:
+    """What a prepared model rounded (op-level recipes; run a step first): one entry per
+    op executed (module, op and its position in the module's call, kind, calls) with
+    ``rounded``: class -> format name (``input``, ``weight``, ``activation``, ``error``)
+    and ``product``: whether it is a product. A product with no ``input`` nor ``weight``
+    entry ran unrounded. A module-level recipe reports its layers' classes."""
+    run = _run(model)
+    if run.ops is not None:
+        return run.ops.coverage()
+    return [{"module": la.name, "op": type(la.module).__name__, "kind": "layer",
+             "product": True, "calls": run.passes,
+             "rounded": {c: s.format.name for c, s in la.specs.items() if s is not None}}
+            for la in run.layers]
 
 
 def rounding_state(model: nn.Module) -> dict[str, Any]:

@@ -7,10 +7,14 @@ without scaling). A :class:`Recipe` gives one spec, or ``None`` for fp32 (no rou
 to each tensor class (:data:`TENSOR_CLASSES`):
 
 ===============  ================================================================
-``weight``       parameters of a prepared layer as forward and backward see them
-``activation``   the output of every prepared layer (the study's "outputs")
-``error``        the gradient w.r.t. a prepared layer's output, rounded before the
-                 layer's own backward uses it (the study's "errors")
+``input``        the non-parameter operand(s) of a product op (a GEMM's activation
+                 operand; both operands of an activation x activation product such
+                 as QK^T and P.V), rounded before the op runs (op-level recipes only)
+``weight``       parameters of a prepared layer (op-level: the parameter operands of
+                 product ops) as forward and backward see them
+``activation``   the output of every prepared layer or rounded op (the study's "outputs")
+``error``        the gradient w.r.t. a prepared layer's (an op's) output, rounded before
+                 that layer's (op's) own backward products use it (the study's "errors")
 ``weight_grad``  the gradient w.r.t. the parameters, before the optimizer sees it
 ``update``       what the optimizer writes back: the stored parameters after the
                  step and the optimizer state (momentum, Adam moments)
@@ -46,6 +50,13 @@ file is data, never executed::
     [overrides."fc"]                # layers whose name matches the glob
     activation = "none"             # "none": this class stays fp32 there
 
+``ops`` (optional) lists the op kinds rounded at the level of the ops a forward executes
+(:mod:`lowprec.train.intercept`): ``linear, conv, matmul, attention, embedding, norm,
+softmax, pointwise`` or ``all``. A recipe without ``ops`` rounds as the study did, at the
+level of ``nn.Linear``/``nn.Conv*`` modules (weights, outputs, errors; no ``input``
+class), bit for bit as before ops existed; with ``ops`` (``ops = ["linear", "conv"]``
+included) every listed op is intercepted wherever it runs.
+
 A format table is ``{kind = "fixed", wl = 12, fl = 8}``, ``{kind = "float", exp = 6,
 man = 5, bias = 31, subnormals = true, specials = "none"}`` (``bias``, ``subnormals``,
 ``specials`` optional) or ``{kind = "pow2", exp_bits = 6, emax = 31}``.
@@ -73,9 +84,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["POSITIONS", "TENSOR_CLASSES", "QuantSpec", "Recipe", "RecipeError"]
+__all__ = ["OP_KINDS", "POSITIONS", "PRODUCT_KINDS", "TENSOR_CLASSES", "QuantSpec", "Recipe",
+           "RecipeError"]
 
-TENSOR_CLASSES = ("weight", "activation", "error", "weight_grad", "update")
+TENSOR_CLASSES = ("weight", "activation", "error", "weight_grad", "update", "input")
+#: op kinds a recipe's ``ops`` may list (:mod:`lowprec.train.ops`); ``"all"`` means every one
+OP_KINDS = ("linear", "conv", "matmul", "attention", "embedding", "norm", "softmax", "pointwise")
+#: the product kinds: ops whose operands (``input``, ``weight``) are rounded before they run
+PRODUCT_KINDS = ("linear", "conv", "matmul", "attention", "embedding")
 POSITIONS = ("<first>", "<last>")  # override keys: the first / last layer prepare() quantizes
 NONE = "none"  # the TOML spelling of "this class is not rounded"
 
@@ -237,10 +253,23 @@ class Recipe:
     name: str = ""
     description: str = ""
     grad_comm: QuantSpec | None = None
+    input: QuantSpec | None = None
+    ops: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for cls in (*TENSOR_CLASSES, "grad_comm"):
             object.__setattr__(self, cls, as_spec(getattr(self, cls), cls))
+        if self.ops is not None:
+            ops = [self.ops] if isinstance(self.ops, str) else list(self.ops)
+            bad = [o for o in ops if o not in (*OP_KINDS, "all")]
+            if bad or not ops:
+                raise RecipeError(f"ops: unknown op kind(s) {bad}; allowed: "
+                                  f"{[*OP_KINDS, 'all']}")
+            kinds = OP_KINDS if "all" in ops else tuple(k for k in OP_KINDS if k in ops)
+            object.__setattr__(self, "ops", kinds)
+        if self.input is not None and self.ops is None:
+            raise RecipeError("input: the input class rounds operands of ops; give the ops "
+                              "to round, e.g. ops = [\"linear\", \"conv\"]")
         scaling = self.grad_comm and self.grad_comm.scaling
         if scaling and scaling.method == "history":
             raise RecipeError("grad_comm: scaling method 'history' is not supported (the "
@@ -264,6 +293,11 @@ class Recipe:
                 raise RecipeError(f"{where}: {exc}") from None
             resolved[pattern] = {c: as_spec(v, f"{where}.{c}") for c, v in table.items()}
         object.__setattr__(self, "overrides", resolved)
+
+    @property
+    def op_level(self) -> bool:
+        """True if the recipe rounds at the level of ops (it has ``ops``)."""
+        return self.ops is not None
 
     def specs(self) -> dict[str, QuantSpec | None]:
         """The top-level spec of every tensor class."""
@@ -293,6 +327,8 @@ class Recipe:
         d.update({c: s.to_dict() for c, s in self.specs().items() if s is not None})
         if self.grad_comm is not None:
             d["grad_comm"] = self.grad_comm.to_dict()
+        if self.ops is not None:
+            d["ops"] = list(self.ops)
         if self.overrides:
             d["overrides"] = {
                 pattern: {c: NONE if s is None else s.to_dict() for c, s in table.items()}
@@ -307,7 +343,7 @@ class Recipe:
             if not isinstance(d, Mapping):
                 raise RecipeError(f"expected a table, got {type(d).__name__}")
             _check_keys(d, (*TENSOR_CLASSES, "master_weights", "pack", "overrides", "name",
-                            "description", "grad_comm"))
+                            "description", "grad_comm", "ops"))
             return cls(**d)
         except RecipeError as exc:
             raise RecipeError(f"{source}: {exc}") from None

@@ -2,9 +2,10 @@
 
 Each file's ``description`` says what the recipe is and where it comes from
 (:func:`describe`). Study: ``fp32``, ``fxp12_sr``, ``fp12_sr``, ``fxp12_sr_ls``,
-``fp12_sr_ls``, ``pot7``. Field, for comparison: ``bf16_mixed``, ``fp8_hybrid``,
-``mxfp8``. Files are parsed anew on every :func:`get`, so a recipe's scaling templates
-are never shared between runs.
+``fp12_sr_ls``, ``pot7``. Field, for comparison (op-level: they round the
+operands of every product): ``bf16_mixed``, ``fp8_hybrid``, ``mxfp8``, ``mxfp4``,
+``nvfp4``; and ``pot7_operands`` (every product multiplier-free). Files are parsed
+anew on every :func:`get`, so a recipe's scaling templates are never shared between runs.
 """
 
 from __future__ import annotations
