@@ -38,10 +38,13 @@ def _constants(fmt: Format, dtype: torch.dtype, rand_bits: int, device: torch.de
     compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
     grid = (*_kernel.grid_constants(fmt, compute), _kernel.rand_mask(rand_bits),
             *range(_kernel.LANES))
-    flags = (fmt.parity_from_exponent, fmt.grid_flush > fmt.grid_qmin,
-             fmt.max == fmt.max_negative)
+    flush = fmt.grid_flush > fmt.grid_qmin
+    subnormal_inputs = _kernel.grid_below_container(grid, flush)
+    shapes = (_kernel.Shape(fmt.parity_from_exponent, flush, fmt.max == fmt.max_negative,
+                            wide, subnormal_inputs, fmt.negative_zero, fmt.signed)
+              for wide in (False, True))
     return (compute, torch.tensor(grid, dtype=_kernel.int_dtype(compute), device=device),
-            _kernel.Shape(*flags, False), _kernel.Shape(*flags, True))
+            *shapes)
 
 
 def _check_tensor(x: Any) -> None:
