@@ -156,3 +156,22 @@ def test_p3109_codes_equal_gfloat(name):
         gfloat.encode_float(fi, float(v)) for v in ref
     ]
     assert fmt.max == fi.max and fmt.min_subnormal == fi.smallest_subnormal
+
+
+@pytest.mark.parametrize("fmt", [lp.ScaleExponent(8, 120), lp.formats.get("binary8p3"),
+                                 lp.FloatingPoint(4, 3, bias=9, specials="fnuz")], ids=str)
+def test_recipe_tables_round_trip(fmt):
+    from lowprec.recipe import _format_from_toml, _format_to_toml
+
+    assert _format_from_toml(_format_to_toml(fmt)) == fmt
+
+
+def test_new_options_validated():
+    with pytest.raises(ValueError, match="p3109"):
+        lp.FloatingPoint(1, 0, specials="p3109")
+    with pytest.raises(ValueError, match="bias"):
+        lp.ScaleExponent(8, 2000)
+    with pytest.raises(ValueError, match="cannot represent"):
+        lp.ScaleExponent().encode(torch.tensor([-1.0]))
+    assert lp.ScaleExponent().scaled_by(3).max == 2.0**130
+    assert lp.formats.get("binary8p3").scaled_by(1) == lp.FloatingPoint(5, 2, 15, True, "p3109")

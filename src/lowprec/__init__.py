@@ -6,7 +6,7 @@ how a value picks its neighbour (:mod:`lowprec.rounding`), and
 """
 
 from . import formats, recipes, rounding
-from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, ScaleExponent
 from .quantinfo import QuantInfo, TelemetryLog
 from .quantize import quantize
 from .recipe import QuantSpec, Recipe, RecipeError
@@ -24,6 +24,7 @@ __all__ = [
     "QuantSpec",
     "Recipe",
     "RecipeError",
+    "ScaleExponent",
     "ScaleState",
     "ScaledFormat",
     "Scaling",

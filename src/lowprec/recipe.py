@@ -48,7 +48,8 @@ file is data, never executed::
 
 A format table is ``{kind = "fixed", wl = 12, fl = 8}``, ``{kind = "float", exp = 6,
 man = 5, bias = 31, subnormals = true, specials = "none"}`` (``bias``, ``subnormals``,
-``specials`` optional) or ``{kind = "pow2", exp_bits = 6, emax = 31}``.
+``specials`` optional), ``{kind = "pow2", exp_bits = 6, emax = 31}`` or
+``{kind = "scale_exp", exp_bits = 8, bias = 127}``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from typing import Any
 import tomli_w
 
 from . import formats
-from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, ScaleExponent
 from .rounding import check_mode, check_overflow, check_rand_bits
 from .scaling import Scaling
 
@@ -160,6 +161,7 @@ _FORMAT_KINDS: dict[str, tuple[type[Format], tuple[str, ...], tuple[str, ...]]] 
     "fixed": (FixedPoint, ("wl", "fl"), ()),
     "float": (FloatingPoint, ("exp", "man"), ("bias", "subnormals", "specials")),
     "pow2": (PowerOfTwo, ("exp_bits", "emax"), ()),
+    "scale_exp": (ScaleExponent, ("exp_bits", "bias"), ()),
 }
 
 
@@ -184,6 +186,8 @@ def _format_to_toml(fmt: Format) -> str | dict[str, Any]:
         return {"kind": "pow2", "exp_bits": fmt.exp_bits, "emax": fmt.emax}
     if isinstance(fmt, FixedPoint):
         return {"kind": "fixed", "wl": fmt.wl, "fl": fmt.fl}
+    if isinstance(fmt, ScaleExponent):
+        return {"kind": "scale_exp", "exp_bits": fmt.exp_bits, "bias": fmt.bias}
     if isinstance(fmt, FloatingPoint):
         return {"kind": "float", "exp": fmt.exp, "man": fmt.man, "bias": fmt.ebias,
                 "subnormals": fmt.subnormals, "specials": fmt.specials}
