@@ -35,6 +35,7 @@ Rounding into a format lives in :mod:`lowprec.quantize`; the rounding modes in
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "FloatingPoint",
     "PowerOfTwo",
     "ScaleExponent",
+    "p3109",
     "get",
     "names",
     "register",
@@ -284,6 +286,8 @@ class FloatingPoint(Format):
     See the module docstring for the value set; ``bias`` defaults to
     ``2**(exp-1) - 1``. With ``subnormals=False`` the values below
     ``min_normal`` are absent (rounding picks between 0 and ``±min_normal``).
+    With ``specials="fnuz"`` or ``"p3109"`` the code of ``-0`` (the sign bit alone) is the
+    NaN and zero results are ``+0`` (:attr:`negative_zero` is false).
     """
 
     exp: int
@@ -447,11 +451,11 @@ class FloatingPoint(Format):
         significand = torch.round(safe / q).to(torch.int64)
         mant = torch.where(e_field > 0, significand - (1 << self.man), significand)
         codes = torch.where(finite, (e_field << self.man) | mant, torch.zeros_like(mant))
-        magnitudes = 1 << (self.exp + self.man)
         if bool(torch.isinf(a).any()):
             if not self.has_inf:
                 raise ValueError(f"{self.name} has no code for inf")
-            inf_code = magnitudes - 1 if self.specials == "p3109" else self._top_exponent
+            all_ones = (1 << (self.exp + self.man)) - 1
+            inf_code = all_ones if self.specials == "p3109" else self._top_exponent
             codes = torch.where(torch.isinf(a), torch.full_like(codes, inf_code), codes)
         if not self.negative_zero:
             sign = torch.where(a == 0, torch.zeros_like(sign), sign)
@@ -625,9 +629,16 @@ register("fp8_e4m3b11fnuz", lambda: FloatingPoint(4, 3, bias=11, specials="fnuz"
          "FP8 E4M3 bias 11 without -0 (Graphcore/TPU, float8_e4m3b11fnuz): NaN = 0x80")
 register("e8m0", lambda: ScaleExponent(8, 127),
          "OCP MX E8M0 scale (float8_e8m0fnu): unsigned 2**-127 .. 2**127, 0xFF = NaN, no zero")
+
+
+def p3109(k: int, p: int) -> FloatingPoint:
+    """IEEE P3109 ``binary{k}p{p}``, signed and extended: ``k`` bits, precision ``p`` (``p - 1``
+    mantissa bits), bias ``2**(k - p - 1)``; ``±inf`` and one NaN, no ``-0``."""
+    return FloatingPoint(k - p, p - 1, bias=2 ** (k - p - 1), specials="p3109")
+
+
 for _p in range(1, 8):
-    register(f"binary8p{_p}",
-             lambda p=_p: FloatingPoint(8 - p, p - 1, bias=2 ** (7 - p), specials="p3109"),
+    register(f"binary8p{_p}", functools.partial(p3109, 8, _p),
              f"IEEE P3109 binary8p{_p} (signed, extended): precision {_p}, bias {2 ** (7 - _p)}, "
              "0x80 = NaN, 0x7F/0xFF = ±inf, no -0")
 register("int8", lambda: FixedPoint(8, 0), "8-bit two's complement integer")
