@@ -16,7 +16,7 @@ importing only the ones below it:
 
 from .numerics import presets as formats
 from .numerics import rounding
-from .numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from .numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, ScaleExponent
 from .numerics.mac import RoundTo, mac_bmm, mac_conv2d, mac_matmul
 from .numerics.quantize import quantize
 from .numerics.scaling import ScaledFormat, ScaleState, Scaling
@@ -47,6 +47,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "RoundTo",
+    "ScaleExponent",
     "ScaleState",
     "ScaledFormat",
     "Scaling",

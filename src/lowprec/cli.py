@@ -341,13 +341,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _formats(args: argparse.Namespace) -> int:
-    print(f"{'name':<12} {'bits':>4} {'max':>11} {'min normal':>11} {'min subnorm':>11}  "
+    print(f"{'name':<15} {'bits':>4} {'max':>11} {'min normal':>11} {'min subnorm':>11}  "
           "description")
     for name in formats.names():
         fmt = formats.get(name)
         elem = fmt.element if isinstance(fmt, ScaledFormat) else fmt
         note = " (element range, before the block scale)" if elem is not fmt else ""
-        print(f"{name:<12} {fmt.bits:>4} {elem.max:>11.4g} {elem.min_normal:>11.4g} "
+        print(f"{name:<15} {fmt.bits:>4} {elem.max:>11.4g} {elem.min_normal:>11.4g} "
               f"{elem.min_subnormal:>11.4g}  {formats.describe(name)}{note}")
     return 0
 

@@ -35,10 +35,13 @@ def _constants(fmt: Format, dtype: torch.dtype, rand_bits: int, device: torch.de
     compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
     grid = (*kernel.grid_constants(fmt, compute), kernel.rand_mask(rand_bits),
             *range(kernel.LANES))
-    flags = (fmt.parity_from_exponent, fmt.grid_flush > fmt.grid_qmin,
-             fmt.max == fmt.max_negative)
+    flush = fmt.grid_flush > fmt.grid_qmin
+    subnormal_inputs = kernel.grid_below_container(grid, flush)
+    shapes = (kernel.Shape(fmt.parity_from_exponent, flush, fmt.max == fmt.max_negative,
+                            wide, subnormal_inputs, fmt.negative_zero, fmt.signed)
+              for wide in (False, True))
     return (compute, torch.tensor(grid, dtype=kernel.int_dtype(compute), device=device),
-            kernel.Shape(*flags, False), kernel.Shape(*flags, True))
+            *shapes)
 
 
 def _check_tensor(x: Any) -> None:

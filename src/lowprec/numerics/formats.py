@@ -13,12 +13,21 @@ integer code of ``bits`` bits. Three families cover the study and the field:
 
   - ``"ieee"``: biased exponent all ones is inf (``M = 0``) or NaN (fp16, bf16, E5M2);
   - ``"fn"``: no inf, only the all-ones code is NaN (OCP E4M3, ``float8_e4m3fn``);
-  - ``"none"``: every code is a finite number (OCP FP6/FP4, the study's emulation).
+  - ``"none"``: every code is a finite number (OCP FP6/FP4, the study's emulation);
+  - ``"fnuz"``: no inf and no negative zero: the code of ``-0`` (sign bit alone) is the
+    only NaN, every other code finite (``float8_e4m3fnuz``, ``float8_e5m2fnuz``);
+  - ``"p3109"``: IEEE P3109 "extended": the sign-bit-alone code is the only NaN, the
+    all-ones magnitude is ``±inf``, no negative zero (``binary8p1`` .. ``binary8p7``).
+
+  Formats without a negative zero round ``-0`` and negative values that round to zero
+  to ``+0``.
 
 * :class:`PowerOfTwo` ``(exp_bits, emax)``: sign and exponent only, the values
   ``0`` and ``±2**e`` for the ``2**exp_bits - 1`` exponents ending at ``emax``.
   It *is* ``FloatingPoint(exp=exp_bits, man=0, specials="none")`` with the bias
   that puts the top exponent at ``emax``: exponent field 0 is zero.
+* :class:`ScaleExponent` ``(exp_bits, bias)``: unsigned exponent only, no zero: code
+  ``E`` is ``2**(E - bias)``, the all-ones code NaN (OCP MX E8M0, ``float8_e8m0fnu``).
 
 Rounding into a format lives in :mod:`lowprec.quantize`; the rounding modes in
 :mod:`lowprec.rounding`.
@@ -27,7 +36,6 @@ Rounding into a format lives in :mod:`lowprec.quantize`; the rounding modes in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -38,11 +46,12 @@ __all__ = [
     "FloatingPoint",
     "PowerOfTwo",
     "ParameterError",
-    "STANDARD",
-    "standard",
+    "ScaleExponent",
+    "p3109",
 ]
 
-SPECIALS = ("ieee", "fn", "none")
+SPECIALS = ("ieee", "fn", "none", "fnuz", "p3109")
+_NAN_AT_NEGATIVE_ZERO = ("fnuz", "p3109")
 
 _NO_FLUSH = -(2**20)  # a grid_flush exponent no value reaches
 
@@ -122,6 +131,16 @@ class Format:
     @property
     def has_nan(self) -> bool:
         return False
+
+    @property
+    def negative_zero(self) -> bool:
+        """False when ``-0`` has no code of its own (rounding gives ``+0``)."""
+        return True
+
+    @property
+    def signed(self) -> bool:
+        """False for a format without sign (and zero): negative inputs and zero give NaN."""
+        return True
 
     @property
     def parity_from_exponent(self) -> bool:
@@ -262,6 +281,8 @@ class FloatingPoint(Format):
     See the module docstring for the value set; ``bias`` defaults to
     ``2**(exp-1) - 1``. With ``subnormals=False`` the values below
     ``min_normal`` are absent (rounding picks between 0 and ``±min_normal``).
+    With ``specials="fnuz"`` or ``"p3109"`` the code of ``-0`` (the sign bit alone) is the
+    NaN and zero results are ``+0`` (:attr:`negative_zero` is false).
     """
 
     exp: int
@@ -282,8 +303,9 @@ class FloatingPoint(Format):
             raise TypeError(f"subnormals must be a bool, got {self.subnormals!r}")
         if self.specials == "ieee" and self.exp < 2:
             raise ValueError("specials='ieee' needs exp >= 2 (the top exponent is inf/NaN)")
-        if self.specials == "fn" and self.exp + self.man < 2:
-            raise ValueError("specials='fn' needs exp + man >= 2 (one code is NaN)")
+        if self.specials in ("fn", "p3109") and self.exp + self.man < 2:
+            raise ValueError(f"specials={self.specials!r} needs exp + man >= 2 "
+                             "(the top code is NaN or inf)")
         if self.grid_qmin < _F64_MIN_QUANTUM_EXP or self.emax > _F64_MAX_EXP:
             raise ValueError(
                 f"{self.name}: exponent range [{self.emin}, {self.emax}] with man={self.man} "
@@ -324,11 +346,12 @@ class FloatingPoint(Format):
 
     @property
     def max(self) -> float:
-        if self.specials == "fn" and self.man == 0:
-            return math.ldexp(1.0, self.emax - 1)  # the top exponent's only code is NaN
+        top_reserved = self.specials in ("fn", "p3109")  # the all-ones code is NaN or inf
+        if top_reserved and self.man == 0:
+            return math.ldexp(1.0, self.emax - 1)  # the top exponent's only code is reserved
         top_mantissa = 2**self.man - 1
-        if self.specials == "fn":
-            top_mantissa -= 1  # the all-ones code is NaN
+        if top_reserved:
+            top_mantissa -= 1
         return math.ldexp(1 + top_mantissa / 2**self.man, self.emax)
 
     @property
@@ -341,11 +364,15 @@ class FloatingPoint(Format):
 
     @property
     def has_inf(self) -> bool:
-        return self.specials == "ieee"
+        return self.specials in ("ieee", "p3109")
 
     @property
     def has_nan(self) -> bool:
         return self.specials != "none"
+
+    @property
+    def negative_zero(self) -> bool:
+        return self.specials not in _NAN_AT_NEGATIVE_ZERO
 
     @property
     def parity_from_exponent(self) -> bool:
@@ -369,6 +396,20 @@ class FloatingPoint(Format):
             extra += f", specials={self.specials!r}"
         return f"FloatingPoint(exp={self.exp}, man={self.man}{extra})"
 
+    @property
+    def _top_exponent(self) -> int:
+        """The code with all-ones exponent and zero mantissa (IEEE inf)."""
+        return ((1 << self.exp) - 1) << self.man
+
+    @property
+    def _nan_code(self) -> int:
+        """The code quantize's NaN results get (fn: all ones; fnuz, p3109: ``-0``'s)."""
+        if self.specials in _NAN_AT_NEGATIVE_ZERO:
+            return 1 << (self.exp + self.man)
+        if self.specials == "fn":
+            return self._top_exponent | ((1 << self.man) - 1)
+        return self._top_exponent | (1 << (self.man - 1))
+
     def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         c = codes.to(torch.int64)
         m_mask = (1 << self.man) - 1
@@ -386,6 +427,10 @@ class FloatingPoint(Format):
             mag = torch.where(top_e & (c & m_mask != 0), math.nan, mag)
         elif self.specials == "fn":
             mag = torch.where(top_e & (c & m_mask == m_mask), math.nan, mag)
+        elif self.specials == "p3109":
+            mag = torch.where(top_e & (c & m_mask == m_mask), math.inf, mag)
+        if not self.negative_zero:  # the code of -0 is NaN
+            mag = torch.where(c == 1 << (self.exp + self.man), math.nan, mag)
         return (sign * mag).to(dtype)
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
@@ -401,20 +446,18 @@ class FloatingPoint(Format):
         significand = torch.round(safe / q).to(torch.int64)
         mant = torch.where(e_field > 0, significand - (1 << self.man), significand)
         codes = torch.where(finite, (e_field << self.man) | mant, torch.zeros_like(mant))
-        top = ((1 << self.exp) - 1) << self.man
         if bool(torch.isinf(a).any()):
             if not self.has_inf:
                 raise ValueError(f"{self.name} has no code for inf")
-            codes = torch.where(torch.isinf(a), torch.full_like(codes, top), codes)
+            all_ones = (1 << (self.exp + self.man)) - 1
+            inf_code = all_ones if self.specials == "p3109" else self._top_exponent
+            codes = torch.where(torch.isinf(a), torch.full_like(codes, inf_code), codes)
+        if not self.negative_zero:
+            sign = torch.where(a == 0, torch.zeros_like(sign), sign)
         if bool(torch.isnan(a).any()):
             if not self.has_nan:
                 raise ValueError(f"{self.name} has no code for NaN")
-            nan_code = (
-                top | ((1 << self.man) - 1)
-                if self.specials == "fn"
-                else top | (1 << (self.man - 1))
-            )
-            codes = torch.where(torch.isnan(a), torch.full_like(codes, nan_code), codes)
+            codes = torch.where(torch.isnan(a), torch.full_like(codes, self._nan_code), codes)
             sign = torch.where(torch.isnan(a), torch.zeros_like(sign), sign)
         return self._check_encodable(y, codes | sign)
 
@@ -449,50 +492,90 @@ class PowerOfTwo(FloatingPoint):
         return f"PowerOfTwo(exp_bits={self.exp_bits}, emax={self.emax})"
 
 
-# -- the standard formats by name (lowprec.numerics.presets adds the scaled ones) ---------
-STANDARD: dict[str, tuple[Callable[[], Format], str]] = {}
+@dataclass(frozen=True)
+class ScaleExponent(Format):
+    """Unsigned exponent only, no zero: code ``E`` is ``2**(E - bias)`` for
+    ``E < 2**exp_bits - 1``, the all-ones code NaN (OCP MX E8M0: ``ScaleExponent(8, 127)``,
+    values ``2**-127 .. 2**127``, ml_dtypes' ``float8_e8m0fnu``).
+
+    Rounding happens on the linear value as for :class:`PowerOfTwo`; magnitudes below
+    ``2**-bias`` give ``2**-bias`` (there is no zero), and zero, negative inputs and NaN
+    give NaN.
+    """
+
+    exp_bits: int = 8
+    bias: int = 127
+
+    def __post_init__(self) -> None:
+        _require_int("exp_bits", self.exp_bits, 1, 11)
+        _require_int("bias", self.bias, 2**self.exp_bits - 2 - _F64_MAX_EXP,
+                     -_F64_MIN_QUANTUM_EXP)
+
+    @property
+    def bits(self) -> int:
+        return self.exp_bits
+
+    @property
+    def grid_man(self) -> int:
+        return 0
+
+    @property
+    def grid_qmin(self) -> int:
+        return -self.bias
+
+    @property
+    def max(self) -> float:
+        return math.ldexp(1.0, 2**self.exp_bits - 2 - self.bias)
+
+    @property
+    def min_normal(self) -> float:
+        return math.ldexp(1.0, -self.bias)
+
+    @property
+    def min_subnormal(self) -> float:
+        return self.min_normal
+
+    @property
+    def has_nan(self) -> bool:
+        return True
+
+    @property
+    def negative_zero(self) -> bool:
+        return False
+
+    @property
+    def signed(self) -> bool:
+        return False
+
+    @property
+    def parity_from_exponent(self) -> bool:
+        return True
+
+    @property
+    def code_bias(self) -> int:
+        return self.bias
+
+    @property
+    def name(self) -> str:
+        return f"ScaleExponent(exp_bits={self.exp_bits}, bias={self.bias})"
+
+    def scaled_by(self, x: int) -> ScaleExponent:
+        return ScaleExponent(self.exp_bits, self.bias - x)
+
+    def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        c = codes.to(torch.int64)
+        v = torch.ldexp(torch.ones_like(c, dtype=torch.float64), (c - self.bias).to(torch.float64))
+        return torch.where(c == 2**self.exp_bits - 1, math.nan, v).to(dtype)
+
+    def encode(self, y: torch.Tensor) -> torch.Tensor:
+        y64 = y.to(torch.float64)
+        ok = torch.isfinite(y64) & (y64 > 0)
+        _, e2 = torch.frexp(torch.where(ok, y64, torch.ones_like(y64)))
+        codes = (e2.to(torch.int64) - 1 + self.bias).clamp(0, 2**self.exp_bits - 2)
+        return self._check_encodable(y, torch.where(torch.isnan(y64), 2**self.exp_bits - 1, codes))
 
 
-def _standard(name: str, factory: Callable[[], Format], doc: str) -> None:
-    STANDARD[name] = (factory, doc)
-
-
-def standard(name: str) -> Format:
-    """The unscaled standard format called ``name`` (``fp32``, ``bf16``, ``fp8_e4m3``, ...)."""
-    try:
-        return STANDARD[name][0]()
-    except KeyError:
-        raise ValueError(
-            f"unknown format {name!r}; standard formats: {', '.join(STANDARD)}"
-        ) from None
-
-
-_standard("fp32", lambda: FloatingPoint(8, 23), "IEEE binary32")
-_standard("bf16", lambda: FloatingPoint(8, 7), "bfloat16 (Google Brain)")
-_standard("fp16", lambda: FloatingPoint(5, 10), "IEEE binary16")
-_standard("fp8_e4m3", lambda: FloatingPoint(4, 3, specials="fn"), "OCP FP8 E4M3 (float8_e4m3fn)")
-_standard("fp8_e5m2", lambda: FloatingPoint(5, 2), "OCP FP8 E5M2 (IEEE-like)")
-_standard("fp6_e3m2", lambda: FloatingPoint(3, 2, specials="none"), "OCP MX FP6 E3M2")
-_standard("fp6_e2m3", lambda: FloatingPoint(2, 3, specials="none"), "OCP MX FP6 E2M3")
-_standard("fp4_e2m1", lambda: FloatingPoint(2, 1, specials="none"), "OCP MX FP4 E2M1")
-_standard("int8", lambda: FixedPoint(8, 0), "8-bit two's complement integer")
-_standard(
-    "fxp12",
-    lambda: FixedPoint(12, 8),
-    "study: 12-bit fixed point, 1 sign + 3 integer + 8 fraction bits (range ±8, step 2**-8); "
-    "the study's split is unknown, this one fits the normalised activations and weights of "
-    "its networks and leaves small errors to stochastic rounding",
-)
-_standard(
-    "fp12",
-    lambda: FloatingPoint(6, 5, specials="none"),
-    "study: 12-bit float, 1 sign + 6 exponent + 5 mantissa bits, bias 31, no inf/NaN codes "
-    "(range 2**-35 .. 2**32, as the study's emulation keeps every code finite); "
-    "6 exponent bits cover gradients and activations without scaling",
-)
-_standard(
-    "pot7",
-    lambda: PowerOfTwo(6, emax=31),
-    "study: 7-bit power of two, 1 sign + 6 exponent bits, values 0 and ±2**e for e in "
-    "[-31, 31] (the exponent range is not given by the study: centred on 1)",
-)
+def p3109(k: int, p: int) -> FloatingPoint:
+    """IEEE P3109 ``binary{k}p{p}``, signed and extended: ``k`` bits, precision ``p`` (``p - 1``
+    mantissa bits), bias ``2**(k - p - 1)``; ``±inf`` and one NaN, no ``-0``."""
+    return FloatingPoint(k - p, p - 1, bias=2 ** (k - p - 1), specials="p3109")

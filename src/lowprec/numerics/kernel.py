@@ -106,6 +106,21 @@ class Shape(NamedTuple):
     flush: bool  # no subnormals
     symmetric: bool  # the largest negative magnitude equals the largest positive one
     wide_index: bool  # more than 2**31 elements: count them in int64
+    subnormal_inputs: bool  # the grid changes below the container's smallest normal
+    negative_zero: bool  # -0 has a code (else zero results are +0)
+    signed: bool  # else no sign and no zero: zero and negative inputs give NaN, tiny ones min
+
+
+def grid_below_container(grid: tuple[int, ...], flush: bool) -> bool:
+    """True when container subnormals need their own exponent (``Shape.subnormal_inputs``).
+
+    A subnormal input's spacing in the format is ``2**max(e - m, qmin)`` for the exponent
+    ``e`` of its leading bit; the common kernel takes ``e`` to be the container's ``emin``,
+    which is right unless the format has normal values there: its ``emin`` is below the
+    container's (``P - m >= qmin + P + bias``), or, without subnormals, its flush
+    exponent is at most the container's (``flush + bias <= 1``).
+    """
+    return grid[0] >= grid[1] or flush and grid[6] <= 1
 
 
 def grid_constants(fmt: Any, dtype: torch.dtype) -> tuple[int, ...]:
@@ -147,18 +162,27 @@ def round_kernel(
     ``s = u - ((efc - 1) << P)`` (with its hidden bit). For ``d <= P`` the rounded
     magnitude is ``u - rem + (up << d)``, the carry of ``up`` running into the exponent
     field exactly when the significand overflows; for ``d > P`` the value is below the
-    smallest step and the result is ``0`` or ``2**kmin``. Work is done in int32 for
-    float32 (it vectorises well) and int64 for float64.
+    smallest step and the result is ``0`` or ``2**kmin``. A subnormal input (``ef = 0``)
+    has its leading bit at exponent field ``ev = floor(log2 u) - P + 1 <= 0``; where the
+    format has normal values there (``shape.subnormal_inputs``) rounding drops
+    ``d = max(qmin + P + bias - 1, P - m + ev - 1)`` bits and the flush test compares
+    ``ev``. Without negative zero a zero result is ``+0``; unsigned formats give NaN for
+    zero and negative inputs and ``2**kmin`` below it. Work is done in int32 for float32
+    (it vectorises well) and int64 for float64.
     """
-    ity, p, _ = _LAYOUT[x.dtype]
+    ity, p, bias = _LAYOUT[x.dtype]
     width = 8 * x.element_size()
     b = x.view(ity)
     u = b & torch.iinfo(ity).max
     inf = ((1 << (width - 1 - p)) - 1) << p  # the bit pattern of +inf
     efc = (u >> p).clamp(min=1)
     d_true = torch.maximum(grid[1] - efc, grid[0])
+    ev = efc  # the exponent field of the leading bit
+    if shape.subnormal_inputs:  # a subnormal's leading bit is below the hidden one: ev <= 0
+        ev = torch.where(u >> p == 0, (u.to(x.dtype).view(ity) >> p) - (bias + p - 1), efc)
+        d_true = torch.where(ev < 1, torch.maximum(grid[1] - 1, grid[0] + ev - 1), d_true)
     if shape.flush:  # below 2**flush the step is 2**flush
-        d_true = torch.where(efc < grid[6], grid[7] - efc, d_true)
+        d_true = torch.where(ev < grid[6], grid[7] - efc, d_true)
     d = d_true.clamp(max=width - 2)  # beyond this f = 0 and rem = s: the same decisions
     s = u - ((efc - 1) << p)
     f = s >> d
@@ -195,7 +219,12 @@ def round_kernel(
         away = over & (b >= 0) if mode == "up" else over & (b < 0) if mode == "down" else None
         res = torch.where(over, limit, res)
         res = torch.where(is_inf if away is None else away | is_inf, grid[5], res)
-    res = res | (b & torch.iinfo(ity).min)  # the sign
+    sign = b & torch.iinfo(ity).min
+    if not shape.negative_zero:
+        sign = torch.where(res == 0, 0, sign)
+    res = res | sign
+    if not shape.signed:  # no zero: below the smallest value it is the result
+        res = torch.where(b > 0, torch.maximum(res, grid[8]), grid[5])
     return torch.where(u > inf, b, res).view(x.dtype)  # NaN stays (payload and all)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .formats import STANDARD, FixedPoint, FloatingPoint, Format, ParameterError, PowerOfTwo
+from .formats import FixedPoint, FloatingPoint, Format, ParameterError, PowerOfTwo, ScaleExponent
 from .scaling import ScaledFormat, Scaling
+from .standard import STANDARD
 
 __all__ = [
     "FixedPoint",
@@ -19,6 +20,7 @@ __all__ = [
     "Format",
     "ParameterError",
     "PowerOfTwo",
+    "ScaleExponent",
     "describe",
     "get",
     "name_of",

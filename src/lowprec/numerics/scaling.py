@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from .cast import round_to_format
-from .formats import Format, _require_int, standard
+from .formats import Format, _require_int
+from .standard import standard
 from .telemetry import QuantInfo
 
 __all__ = ["Scaling", "ScaleState", "ScaledFormat", "scaled_round"]

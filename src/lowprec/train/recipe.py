@@ -59,7 +59,8 @@ included) every listed op is intercepted wherever it runs.
 
 A format table is ``{kind = "fixed", wl = 12, fl = 8}``, ``{kind = "float", exp = 6,
 man = 5, bias = 31, subnormals = true, specials = "none"}`` (``bias``, ``subnormals``,
-``specials`` optional) or ``{kind = "pow2", exp_bits = 6, emax = 31}``.
+``specials`` optional), ``{kind = "pow2", exp_bits = 6, emax = 31}`` or
+``{kind = "scale_exp", exp_bits = 8, bias = 127}``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ from typing import Any
 import tomli_w
 
 from ..numerics import presets
-from ..numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from ..numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, ScaleExponent
 from ..numerics.rounding import check_mode, check_overflow, check_rand_bits
 from ..numerics.scaling import Scaling
 
@@ -176,6 +177,7 @@ _FORMAT_KINDS: dict[str, tuple[type[Format], tuple[str, ...], tuple[str, ...]]] 
     "fixed": (FixedPoint, ("wl", "fl"), ()),
     "float": (FloatingPoint, ("exp", "man"), ("bias", "subnormals", "specials")),
     "pow2": (PowerOfTwo, ("exp_bits", "emax"), ()),
+    "scale_exp": (ScaleExponent, ("exp_bits", "bias"), ()),
 }
 
 
@@ -200,6 +202,8 @@ def _format_to_toml(fmt: Format) -> str | dict[str, Any]:
         return {"kind": "pow2", "exp_bits": fmt.exp_bits, "emax": fmt.emax}
     if isinstance(fmt, FixedPoint):
         return {"kind": "fixed", "wl": fmt.wl, "fl": fmt.fl}
+    if isinstance(fmt, ScaleExponent):
+        return {"kind": "scale_exp", "exp_bits": fmt.exp_bits, "bias": fmt.bias}
     if isinstance(fmt, FloatingPoint):
         return {"kind": "float", "exp": fmt.exp, "man": fmt.man, "bias": fmt.ebias,
                 "subnormals": fmt.subnormals, "specials": fmt.specials}
