@@ -86,6 +86,7 @@ __all__ = [
     "SolverConfig",
     "WithinChannelLRN",
     "build_model",
+    "check_inputs",
     "cifar10_full",
     "cifar10_quick",
     "build_for_data",
@@ -425,16 +426,22 @@ def build_model(
     )
 
 
-def build_for_data(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """Build model ``name`` for a data set's ``num_classes`` and one input's shape: ``(C,H,W)``
-    images for the image models, ``(T,)`` token windows for :data:`LANGUAGE_MODELS`
-    (``vocab_size = num_classes``, ``block_size = T``)."""
+def check_inputs(name: str, input_shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless model ``name`` reads inputs of this shape: ``(C,H,W)``
+    images for the image models, ``(T,)`` token windows for :data:`LANGUAGE_MODELS`."""
     language = _key(name) in LANGUAGE_MODELS
     if language != (len(input_shape) == 1):
         kind = "token windows (--dataset text)" if language else "images"
         raise ValueError(f"model {name!r} takes {kind}; this data set has inputs of shape "
                          f"{tuple(input_shape)}")
-    if language:
+
+
+def build_for_data(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Build model ``name`` for a data set's ``num_classes`` and one input's shape
+    (:func:`check_inputs`); a language model gets ``vocab_size = num_classes`` and
+    ``block_size = T``."""
+    check_inputs(name, input_shape)
+    if len(input_shape) == 1:
         return build_model(name, num_classes, block_size=int(input_shape[0]))
     c, h, w = input_shape
     return build_model(name, num_classes, c, (h, w))
