@@ -343,6 +343,8 @@ def _cost_section(model: str, s: dict[str, Summary]) -> list[str]:
     and input shape the runs trained (recipes as saved in ``config.json``)."""
     cfg = next(iter(s.values())).runs[0].config
     shape = cfg["data"]["input_shape"]
+    if len(shape) == 1:
+        return ["(not modelled for language models: the cost model feeds images)"]
     net = build_model(model, cfg["data"]["num_classes"], shape[0], shape[1])
     recipes = {r: sm.runs[0].config["recipe"] for r, sm in s.items()}
     return [report_section(net, (cfg["batch_size"], *shape), recipes)]
