@@ -430,7 +430,8 @@ def _group_section(key: GroupKey, s: dict[str, Summary], folder: Path,
 
 def _solver_text(solver: dict[str, Any]) -> str:
     steps = ", ".join(f"{f:g}" for f in solver["lr_steps"]) or "none"
-    return (f"SGD lr {solver['lr']:g}, momentum {solver['momentum']:g}, weight decay "
+    name = {"sgd": "SGD", "adamw": "AdamW"}[solver.get("optimizer", "sgd")]
+    return (f"{name} lr {solver['lr']:g}, momentum {solver['momentum']:g}, weight decay "
             f"{solver['weight_decay']:g}, lr × {solver['gamma']:g} at run fractions {steps}, "
             f"normalize {solver['normalize']}, augment {solver['augment']}")
 
