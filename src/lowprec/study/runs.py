@@ -22,7 +22,9 @@ then ``os.replace``), so an interruption leaves either the old or the new versio
 Calling :func:`train_run` again skips a run with a ``status.json`` and resumes one
 with a checkpoint from the epoch after it, restoring every random state, so that it
 ends with the same weights and metrics as an uninterrupted run. The configuration must
-match (a different one raises :class:`RunError`). Accuracies are fractions in [0, 1].
+match (a different one raises :class:`RunError`). Accuracies are fractions in [0, 1] and
+losses cross-entropies (nats), per prediction: per image, or per character for the language
+models (``--dataset text``, :mod:`lowprec.study.text`; perplexity ``exp(test_loss)``).
 JSON files write non-finite floats as ``NaN``/``Infinity`` (Python's ``json``).
 
 Inside a torch.distributed process group (``torchrun ... lowprec train --ddp``) the run is
