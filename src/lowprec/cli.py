@@ -90,7 +90,8 @@ def _run_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--dataset", choices=list(DATASETS), help="data set (default: cifar10)")
     p.add_argument("--model", choices=list(MODELS),
-                   help="network (default: small_cnn for digits, else cifar10_quick)")
+                   help="network (default: small_cnn for digits, gpt_tiny for text, "
+                   "else cifar10_quick)")
     p.add_argument("--epochs", type=_positive,
                    help="epochs (default: the solver's reference length)")
     p.add_argument("--data-dir", help="where the data set's files are (or go)")
@@ -164,7 +165,8 @@ def _spec(args: argparse.Namespace, recipe: Recipe, seed: int) -> RunSpec:
 
 def _fill_defaults(args: argparse.Namespace) -> None:
     args.dataset = args.dataset or "cifar10"
-    args.model = args.model or ("small_cnn" if args.dataset == "digits" else "cifar10_quick")
+    args.model = args.model or {"digits": "small_cnn", "text": "gpt_tiny"}.get(
+        args.dataset, "cifar10_quick")
 
 
 def _say(result: RunResult) -> None:

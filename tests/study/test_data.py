@@ -144,7 +144,7 @@ def write_fake_fmnist(folder: Path, n_train: int = 30, n_test: int = 10, gz: boo
 
 
 def test_datasets_registry_and_unknown_name() -> None:
-    assert set(DATASETS) == {"cifar10", "fashion-mnist", "digits"}
+    assert set(DATASETS) == {"cifar10", "fashion-mnist", "digits", "text"}
     assert all(isinstance(v, str) and v for v in DATASETS.values())
     with pytest.raises(ValueError, match="unknown data set"):
         load_dataset("imagenet")

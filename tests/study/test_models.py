@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowprec.study.models import (
+    LANGUAGE_MODELS,
     MODELS,
     SOLVERS,
     CifarResNet,
     ShortcutA,
     WithinChannelLRN,
+    build_for_data,
     build_model,
     default_solver,
 )
@@ -26,7 +28,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry() -> None:
-    assert set(MODELS) == {"cifar10_quick", "cifar10_full", "resnet20", "small_cnn"}
+    assert set(MODELS) == {"cifar10_quick", "cifar10_full", "resnet20", "small_cnn", "gpt_tiny"}
     assert set(SOLVERS) == set(MODELS)
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg16")
@@ -35,7 +37,7 @@ def test_registry() -> None:
     assert isinstance(build_model("cifar10-quick"), nn.Module)  # '-' and '_' interchangeable
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - LANGUAGE_MODELS))
 @pytest.mark.parametrize(
     ("shape", "classes"),
     [((3, 32, 32), 10), ((1, 28, 28), 10), ((3, 32, 32), 7)],
@@ -261,3 +263,91 @@ def test_small_cnn_learns_digits_quickly() -> None:
         acc = (model(ds.test_x).argmax(1) == ds.test_y).float().mean().item()
     assert acc > 0.9, acc
     assert elapsed < 60, elapsed  # typically ~1 s on 2 idle cores; generous for loaded CI
+
+
+# -- gpt_tiny -----------------------------------------------------------------------------
+
+
+def _tiny_gpt(**kw: object) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("gpt_tiny", **{"vocab_size": 11, "d_model": 32, "n_layers": 1,
+                                      "n_heads": 4, "block_size": 16, **kw})
+
+
+def test_gpt_shapes_tied_head_and_parameter_count() -> None:
+    d, v, t, layers = 128, 100, 64, 2
+    model = build_model("gpt_tiny", num_classes=v)  # the defaults: d 128, 2 layers, context 64
+    assert model.head.weight is model.tok_emb.weight
+    per_block = 12 * d * d + 13 * d  # ln1, qkv, proj, ln2, fc, proj (weights and biases)
+    assert n_params(model) == v * d + t * d + layers * per_block + 2 * d == 417_792
+    out = model(torch.randint(0, v, (2, 10)))  # shorter than the context is fine
+    assert out.shape == (2, 10, v)
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(torch.zeros(1, t + 1, dtype=torch.long))
+    names = {n for n, _ in model.named_modules()}
+    assert {"blocks.1.attn.qkv", "blocks.1.attn.proj", "blocks.0.mlp.fc", "head"} <= names
+
+
+def test_gpt_build_errors() -> None:
+    with pytest.raises(ValueError, match="not in_channels/image_size"):
+        build_model("gpt_tiny", 10, 3, 32)
+    with pytest.raises(ValueError, match="disagree"):
+        build_model("gpt_tiny", 10, vocab_size=12)
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        build_model("gpt_tiny", d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="attention must be"):
+        build_model("gpt_tiny", attention="flash")
+    with pytest.raises(ValueError, match="takes token windows"):
+        build_for_data("gpt_tiny", 10, (3, 32, 32))
+    with pytest.raises(ValueError, match="takes images"):
+        build_for_data("small_cnn", 10, (64,))
+    assert build_for_data("gpt_tiny", 7, (16,)).pos_emb.num_embeddings == 16
+
+
+def test_gpt_matmul_attention_matches_sdpa_and_is_causal() -> None:
+    sdpa, matmul = _tiny_gpt(), _tiny_gpt(attention="matmul")
+    matmul.load_state_dict(sdpa.state_dict())
+    x = torch.randint(0, 11, (3, 16))
+    torch.testing.assert_close(matmul(x), sdpa(x), rtol=1e-5, atol=1e-5)
+    changed = x.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 11
+    for model in (sdpa, matmul):
+        a, b = model(x), model(changed)
+        assert torch.equal(a[:, :9], b[:, :9])  # positions before 9 never see token 9
+        assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_gpt_attention_against_a_loop_over_positions() -> None:
+    """The matmul path against attention written position by position with plain sums."""
+    model = _tiny_gpt(attention="matmul")
+    attn = model.blocks[0].attn
+    x = torch.randn(1, 5, 32, dtype=torch.float64)
+    attn.double()
+    q, k, v = attn.qkv(x)[0].split(32, dim=1)
+    heads = []
+    for h in range(4):
+        sl = slice(8 * h, 8 * h + 8)
+        rows = []
+        for i in range(5):
+            s = torch.stack([(q[i, sl] * k[j, sl]).sum() / math.sqrt(8) for j in range(i + 1)])
+            w = torch.exp(s - s.max()) / torch.exp(s - s.max()).sum()
+            rows.append(sum(w[j] * v[j, sl] for j in range(i + 1)))
+        heads.append(torch.stack(rows))
+    want = attn.proj(torch.cat(heads, dim=1))
+    torch.testing.assert_close(attn(x)[0], want, rtol=1e-10, atol=1e-12)
+
+
+def test_gpt_learns_a_periodic_sequence() -> None:
+    model = _tiny_gpt()
+    solver = default_solver("gpt_tiny")
+    assert solver.optimizer == "adamw"
+    opt = solver.make_optimizer(model)
+    assert isinstance(opt, torch.optim.AdamW)
+    seq = torch.arange(17) % 5  # next token = (token + 1) mod 5
+    x, y = seq[:-1].repeat(8, 1), seq[1:].repeat(8, 1)
+    for _ in range(60):
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float((model(x).argmax(-1) == y).float().mean()) == 1.0

@@ -102,6 +102,8 @@ DATASETS: dict[str, str] = {
     "(IDX files; download, local copy or Debian's dataset-fashion-mnist)",
     "digits": "scikit-learn's bundled 8x8 digits: 1,797 grey images, 10 classes, "
     "1,438 train / 359 test; no files, no network",
+    "text": "character-level text for language models (gpt_tiny): Debian's fortunes or your own "
+    "file (--data-dir / $LOWPREC_TEXT); lowprec.study.text",
 }
 
 NORMALIZE_MODES: tuple[str, ...] = ("standard", "caffe", "none")
@@ -1162,4 +1164,6 @@ def load_dataset(
         return _load_cifar10(data_dir, download, normalize, timeout)
     if key == "fashion-mnist":
         return _load_fashion_mnist(data_dir, download, normalize, timeout)
+    if key == "text":
+        raise ValueError("the 'text' corpus loads with lowprec.study.text.load_text")
     return _load_digits(normalize)

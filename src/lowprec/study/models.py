@@ -49,30 +49,35 @@ Models
     A small fast CNN for tests and ``--quick`` runs: conv1 (16, 3x3, pad 1) -> ReLU ->
     max-pool 2 -> conv2 (32, 3x3, pad 1) -> ReLU -> adaptive avg-pool to 4x4 -> fc (classes).
     9,930 parameters for 1-channel input and 10 classes.  PyTorch default init.
+``gpt_tiny``
+    A character-level GPT (:mod:`lowprec.study.gpt`): tied token embedding / LM head, learned
+    positions, pre-LayerNorm blocks of causal self-attention and a GELU MLP.  Options
+    ``vocab_size`` (``num_classes`` stands for it), ``block_size`` (context), ``d_model``,
+    ``n_layers``, ``n_heads``, ``attention="sdpa"|"matmul"``; defaults 128 wide, 2 layers,
+    4 heads, 64 tokens: 417,792 parameters for a 100-character vocabulary.  It maps token ids
+    [B,T] to next-token logits [B,T,vocab]; :data:`LANGUAGE_MODELS` lists such models.
 
 Solvers
 -------
-:data:`SOLVERS` holds the study's reference training setup per model as a :class:`SolverConfig`
-(SGD; learning-rate steps are *fractions of the run* so shorter runs scale).  Each also names the
-data normalisation and augmentation it was designed for.  Caffe's two CIFAR nets are trained on
-mean-subtracted 0-255 pixels (``normalize="caffe"``) with lr 0.001; with ``normalize="standard"``
-the inputs are about 60 times smaller and that learning rate is likely far too low: retune it
-(or keep the paired ``"caffe"`` normalisation, the default pairing here).
+The reference training setups (:data:`SOLVERS`, :class:`SolverConfig`, :func:`default_solver`)
+live in :mod:`lowprec.study.solvers` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gpt import gpt_tiny
+from .solvers import SOLVERS, SolverConfig, default_solver
+
 __all__ = [
+    "LANGUAGE_MODELS",
     "MODELS",
     "SOLVERS",
     "BasicBlock",
@@ -81,9 +86,12 @@ __all__ = [
     "SolverConfig",
     "WithinChannelLRN",
     "build_model",
+    "check_inputs",
     "cifar10_full",
     "cifar10_quick",
+    "build_for_data",
     "default_solver",
+    "gpt_tiny",
     "resnet20",
     "small_cnn",
 ]
@@ -93,7 +101,11 @@ MODELS: dict[str, str] = {
     "cifar10_full": "Caffe's cifar10_full: 3 conv (32-32-64, 5x5) + 2 LRN + 1 fc, ~90k parameters",
     "resnet20": "CIFAR ResNet-20 (He et al. 2016): 3x3 basic blocks, BN, option-A shortcuts, ~270k",
     "small_cnn": "small fast CNN (conv16-pool-conv32-avgpool4-fc) for digits and quick runs, ~11k",
+    "gpt_tiny": "char-level GPT: d 128, 2 pre-LN blocks, 4 heads, context 64, tied head, ~0.4M",
 }
+
+#: models over token ids [B,T] -> logits [B,T,vocab] (the others take images [B,C,H,W])
+LANGUAGE_MODELS: frozenset[str] = frozenset({"gpt_tiny"})
 
 ImageSize = int | tuple[int, int]
 
@@ -368,211 +380,68 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "cifar10_full": cifar10_full,
     "resnet20": resnet20,
     "small_cnn": small_cnn,
+    "gpt_tiny": gpt_tiny,
 }
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
 
 
 def build_model(
     name: str,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    image_size: ImageSize = 32,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: ImageSize | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build one of :data:`MODELS` (freshly initialised; seed with ``torch.manual_seed``).
 
     Args:
         name: a key of :data:`MODELS` (``-`` and ``_`` are interchangeable).
-        num_classes: output classes.
-        in_channels: input channels (3 for CIFAR-10, 1 for Fashion-MNIST and digits).
-        image_size: input height/width (int) or ``(H, W)``.
-        **kwargs: model options: ``lrn=`` for ``cifar10_full``, ``shortcut=`` for ``resnet20``.
+        num_classes: output classes (default 10); for a language model, its vocabulary size
+            (the classes of the next token; ``vocab_size=`` says the same).
+        in_channels: input channels (default 3; 1 for Fashion-MNIST and digits); image models.
+        image_size: input height/width (int) or ``(H, W)`` (default 32); image models.
+        **kwargs: model options: ``lrn=`` for ``cifar10_full``, ``shortcut=`` for ``resnet20``,
+            ``vocab_size``, ``block_size``, ``d_model``, ``n_layers``, ``n_heads``,
+            ``attention`` for ``gpt_tiny``.
     """
-    key = name.strip().lower().replace("-", "_")
+    key = _key(name)
     if key not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if key in LANGUAGE_MODELS:
+        if in_channels is not None or image_size is not None:
+            raise ValueError(f"{key} reads token ids, not images: give vocab_size= (or "
+                             "num_classes=) and block_size=, not in_channels/image_size")
+        if num_classes is not None and kwargs.setdefault("vocab_size", num_classes) != num_classes:
+            raise ValueError(f"num_classes {num_classes} and vocab_size "
+                             f"{kwargs['vocab_size']} disagree")
+        return _BUILDERS[key](**kwargs)
     return _BUILDERS[key](
-        num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs
+        num_classes=10 if num_classes is None else num_classes,
+        in_channels=3 if in_channels is None else in_channels,
+        image_size=32 if image_size is None else image_size,
+        **kwargs,
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Solvers
-# ---------------------------------------------------------------------------------------------
+def check_inputs(name: str, input_shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless model ``name`` reads inputs of this shape: ``(C,H,W)``
+    images for the image models, ``(T,)`` token windows for :data:`LANGUAGE_MODELS`."""
+    language = _key(name) in LANGUAGE_MODELS
+    if language != (len(input_shape) == 1):
+        kind = "token windows (--dataset text)" if language else "images"
+        raise ValueError(f"model {name!r} takes {kind}; this data set has inputs of shape "
+                         f"{tuple(input_shape)}")
 
 
-@dataclass(frozen=True)
-class SolverConfig:
-    """A model's reference training setup (plain SGD with momentum and step decay).
-
-    ``lr_steps`` are fractions of the run: at iteration ``round(f * total_iterations)`` the
-    learning rate is multiplied by ``gamma`` (Caffe's ``multistep``: iterations ``>=`` the
-    boundary use the lower rate).  ``iterations`` is the reference run length; pass another
-    ``total_iterations`` to scale the schedule.
-
-    Per-parameter multipliers follow Caffe's ``param { lr_mult decay_mult }``: biases (1-D
-    parameters named ``*.bias``) get ``bias_lr_mult`` and ``bias_decay_mult``; ``lr_mult`` and
-    ``decay_mult`` map exact parameter names (``"ip1.weight"``) to overrides.  Weight decay is
-    L2 added to the gradient, as in both Caffe and ``torch.optim.SGD``.  Note that PyTorch's
-    momentum buffer holds unscaled gradients while Caffe's holds lr-scaled updates, so the two
-    differ briefly right after a learning-rate step.
-    """
-
-    lr: float
-    momentum: float
-    weight_decay: float
-    batch_size: int
-    iterations: int
-    lr_steps: tuple[float, ...] = ()
-    gamma: float = 0.1
-    normalize: str = "standard"
-    augment: bool = False
-    nesterov: bool = False
-    bias_lr_mult: float = 1.0
-    bias_decay_mult: float = 1.0
-    lr_mult: tuple[tuple[str, float], ...] = ()
-    decay_mult: tuple[tuple[str, float], ...] = ()
-    note: str = ""
-
-    def replace(self, **changes: Any) -> SolverConfig:
-        """Return a copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    def step_iterations(self, total_iterations: int | None = None) -> tuple[int, ...]:
-        """The iterations at which the learning rate drops, for a run of ``total_iterations``."""
-        total = self.iterations if total_iterations is None else int(total_iterations)
-        return tuple(round(f * total) for f in self.lr_steps)
-
-    def lr_factor(self, iteration: int, total_iterations: int | None = None) -> float:
-        """Multiplier of the base learning rate at 0-based ``iteration``."""
-        drops = sum(1 for s in self.step_iterations(total_iterations) if iteration >= s)
-        return float(self.gamma**drops)
-
-    def lr_at(self, iteration: int, total_iterations: int | None = None) -> float:
-        """Base learning rate at 0-based ``iteration`` of a run of ``total_iterations``."""
-        return self.lr * self.lr_factor(iteration, total_iterations)
-
-    def epochs(self, train_size: int, total_iterations: int | None = None) -> float:
-        """How many epochs a run of ``total_iterations`` makes on ``train_size`` images."""
-        total = self.iterations if total_iterations is None else int(total_iterations)
-        return total * self.batch_size / train_size
-
-    def multipliers(self, name: str, param: torch.Tensor) -> tuple[float, float]:
-        """``(lr_mult, decay_mult)`` for the parameter called ``name``."""
-        is_bias = name.endswith("bias") and param.ndim == 1
-        lr_m = self.bias_lr_mult if is_bias else 1.0
-        dec_m = self.bias_decay_mult if is_bias else 1.0
-        lr_m = dict(self.lr_mult).get(name, lr_m)
-        dec_m = dict(self.decay_mult).get(name, dec_m)
-        return lr_m, dec_m
-
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        """Optimizer parameter groups with the per-parameter multipliers applied.
-
-        Each group has ``params``, ``lr``, ``weight_decay`` and, for reference, ``names``,
-        ``lr_mult`` and ``decay_mult``.  Raises ``ValueError`` if an override names no
-        parameter of ``model``.
-        """
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        known = {n for n, _ in named}
-        unknown = sorted({n for n, _ in (*self.lr_mult, *self.decay_mult)} - known)
-        if unknown:
-            raise ValueError(f"solver overrides name unknown parameters: {unknown}")
-        groups: dict[tuple[float, float], dict[str, Any]] = {}
-        for name, p in named:
-            lr_m, dec_m = self.multipliers(name, p)
-            g = groups.setdefault(
-                (lr_m, dec_m),
-                {
-                    "params": [],
-                    "names": [],
-                    "lr": self.lr * lr_m,
-                    "weight_decay": self.weight_decay * dec_m,
-                    "lr_mult": lr_m,
-                    "decay_mult": dec_m,
-                },
-            )
-            g["params"].append(p)
-            g["names"].append(name)
-        return list(groups.values())
-
-    def make_optimizer(self, model: nn.Module) -> torch.optim.SGD:
-        """``torch.optim.SGD`` over :meth:`param_groups` with this momentum."""
-        return torch.optim.SGD(
-            self.param_groups(model), lr=self.lr, momentum=self.momentum, nesterov=self.nesterov
-        )
-
-    def make_scheduler(
-        self, optimizer: torch.optim.Optimizer, total_iterations: int | None = None
-    ) -> torch.optim.lr_scheduler.LambdaLR:
-        """Per-iteration step schedule (call ``scheduler.step()`` after every optimizer step)."""
-        total = self.iterations if total_iterations is None else int(total_iterations)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: self.lr_factor(it, total))
-
-
-_CAFFE_NOTE = (
-    "Caffe recipe: mean-subtracted 0-255 pixels (normalize='caffe'), no augmentation, biases "
-    "with lr_mult 2. With normalize='standard' inputs are ~60x smaller; retune lr."
-)
-
-SOLVERS: dict[str, SolverConfig] = {
-    # cifar10_quick_solver.prototxt (4000 it at 0.001) + cifar10_quick_solver_lr1 (to 5000 at 1e-4)
-    "cifar10_quick": SolverConfig(
-        lr=0.001,
-        momentum=0.9,
-        weight_decay=0.004,
-        batch_size=100,
-        iterations=5000,
-        lr_steps=(4000 / 5000,),
-        normalize="caffe",
-        augment=False,
-        bias_lr_mult=2.0,
-        note=_CAFFE_NOTE,
-    ),
-    # cifar10_full_solver{,_lr1,_lr2}.prototxt: 0.001 to 60k, 1e-4 to 65k, 1e-5 to 70k.
-    # Prototxt multipliers: conv3 has none (bias lr_mult 1), ip1 weight decay_mult 250,
-    # ip1 bias decay_mult 0.
-    "cifar10_full": SolverConfig(
-        lr=0.001,
-        momentum=0.9,
-        weight_decay=0.004,
-        batch_size=100,
-        iterations=70000,
-        lr_steps=(60000 / 70000, 65000 / 70000),
-        normalize="caffe",
-        augment=False,
-        bias_lr_mult=2.0,
-        lr_mult=(("conv3.bias", 1.0),),
-        decay_mult=(("ip1.weight", 250.0), ("ip1.bias", 0.0)),
-        note=_CAFFE_NOTE,
-    ),
-    # He et al. 2016, sec. 4.2: lr 0.1, /10 at 32k and 48k, stop at 64k; batch 128.
-    "resnet20": SolverConfig(
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=1e-4,
-        batch_size=128,
-        iterations=64000,
-        lr_steps=(0.5, 0.75),
-        normalize="standard",
-        augment=True,
-        note="He et al. 2016: per-channel normalised inputs, 4-pixel pad + crop + flip.",
-    ),
-    "small_cnn": SolverConfig(
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=5e-4,
-        batch_size=64,
-        iterations=300,
-        normalize="standard",
-        augment=False,
-        note="Quick runs: digits reach >90% test accuracy within a few epochs.",
-    ),
-}
-
-
-def default_solver(name: str) -> SolverConfig:
-    """The reference :class:`SolverConfig` for model ``name`` (see :data:`SOLVERS`)."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in SOLVERS:
-        raise ValueError(f"no solver for model {name!r}; known: {', '.join(SOLVERS)}")
-    return SOLVERS[key]
+def build_for_data(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Build model ``name`` for a data set's ``num_classes`` and one input's shape
+    (:func:`check_inputs`); a language model gets ``vocab_size = num_classes`` and
+    ``block_size = T``."""
+    check_inputs(name, input_shape)
+    if len(input_shape) == 1:
+        return build_model(name, num_classes, block_size=int(input_shape[0]))
+    c, h, w = input_shape
+    return build_model(name, num_classes, c, (h, w))

@@ -343,6 +343,8 @@ def _cost_section(model: str, s: dict[str, Summary]) -> list[str]:
     and input shape the runs trained (recipes as saved in ``config.json``)."""
     cfg = next(iter(s.values())).runs[0].config
     shape = cfg["data"]["input_shape"]
+    if len(shape) == 1:
+        return ["(not modelled for language models: the cost model feeds images)"]
     net = build_model(model, cfg["data"]["num_classes"], shape[0], shape[1])
     recipes = {r: sm.runs[0].config["recipe"] for r, sm in s.items()}
     return [report_section(net, (cfg["batch_size"], *shape), recipes)]
@@ -428,7 +430,8 @@ def _group_section(key: GroupKey, s: dict[str, Summary], folder: Path,
 
 def _solver_text(solver: dict[str, Any]) -> str:
     steps = ", ".join(f"{f:g}" for f in solver["lr_steps"]) or "none"
-    return (f"SGD lr {solver['lr']:g}, momentum {solver['momentum']:g}, weight decay "
+    name = {"sgd": "SGD", "adamw": "AdamW"}[solver.get("optimizer", "sgd")]
+    return (f"{name} lr {solver['lr']:g}, momentum {solver['momentum']:g}, weight decay "
             f"{solver['weight_decay']:g}, lr × {solver['gamma']:g} at run fractions {steps}, "
             f"normalize {solver['normalize']}, augment {solver['augment']}")
 

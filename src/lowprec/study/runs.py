@@ -26,7 +26,9 @@ then ``os.replace``), so an interruption leaves either the old or the new versio
 Calling :func:`train_run` again skips a run with a ``status.json`` and resumes one
 with a checkpoint from the epoch after it, restoring every random state, so that it
 ends with the same weights and metrics as an uninterrupted run. The configuration must
-match (a different one raises :class:`RunError`). Accuracies are fractions in [0, 1].
+match (a different one raises :class:`RunError`). Accuracies are fractions in [0, 1] and
+losses cross-entropies (nats), per prediction: per image, or per character for the language
+models (``--dataset text``, :mod:`lowprec.study.text`; perplexity ``exp(test_loss)``).
 JSON files write non-finite floats as ``NaN``/``Infinity`` (Python's ``json``).
 
 Inside a torch.distributed process group (``torchrun ... lowprec train --ddp``) the run is
@@ -60,9 +62,10 @@ from ..train import prepare as training
 from ..train.distributed import World, current
 from ..train.recipe import TENSOR_CLASSES, Recipe
 from .data import Dataset
-from .models import SolverConfig, build_model, default_solver
+from .models import SolverConfig, build_for_data, check_inputs, default_solver
 from .progress import bar as progress_bar
 from .steplog import StepLog
+from .text import TextDataset, load_text
 
 __all__ = [
     "CHECKPOINT",
@@ -88,6 +91,8 @@ CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.jsonl", "checkpoin
 #: config entries that decide the numbers: a rerun must match them to resume
 #: (``world_size`` is absent for one process)
 IDENTITY = ("dataset", "model", "recipe", "seed", "epochs", "batch_size", "solver", "world_size")
+#: a data set: images (:class:`Dataset`) or token windows (:class:`TextDataset`)
+Data = Dataset | TextDataset
 
 
 class RunError(RuntimeError):
@@ -186,13 +191,13 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def _epochs(spec: RunSpec, solver: SolverConfig, dataset: Dataset) -> int:
+def _epochs(spec: RunSpec, solver: SolverConfig, dataset: Data) -> int:
     if spec.epochs is not None:
         return spec.epochs
     return max(1, round(solver.epochs(len(dataset))))
 
 
-def resolve_config(spec: RunSpec, dataset: Dataset, world_size: int | None = None
+def resolve_config(spec: RunSpec, dataset: Data, world_size: int | None = None
                    ) -> dict[str, Any]:
     """The run's full configuration as written to ``config.json``; ``world_size``: the ranks
     of a data-parallel run (``None``: one process, not recorded)."""
@@ -229,6 +234,9 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
     (so a field added later with its default does not make an old run look different)."""
     ident = json.loads(json.dumps({k: config.get(k) for k in IDENTITY}))
     ident["recipe"] = Recipe.from_dict(ident["recipe"], "config.json").to_dict()
+    defaults = {f.name: f.default for f in dataclasses.fields(SolverConfig)
+                if f.default is not dataclasses.MISSING}
+    ident["solver"] = {**json.loads(json.dumps(defaults)), **(ident["solver"] or {})}
     return ident
 
 
@@ -305,7 +313,13 @@ def first_bad(telemetry: dict[str, dict[str, float]]) -> str | None:
     return None
 
 
-def _diagnose(spec: RunSpec, dataset: Dataset, state: dict[str, torch.Tensor],
+def _loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over every prediction: ``out`` [..., classes], ``y`` [...] (an image's
+    class, or each position's next token); for [B, C] scores it is the plain call."""
+    return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction=reduction)
+
+
+def _diagnose(spec: RunSpec, dataset: Data, state: dict[str, torch.Tensor],
               x: torch.Tensor, y: torch.Tensor) -> str:
     """Name the first tensor that went bad: a non-finite parameter, else replay the diverging
     batch on a copy of the model with telemetry on every pass (:func:`first_bad`)."""
@@ -315,7 +329,7 @@ def _diagnose(spec: RunSpec, dataset: Dataset, state: dict[str, torch.Tensor],
         if not torch.isfinite(p).all():
             return f"first non-finite parameter: {name}"
     training.prepare(model, spec.recipe, seed=spec.seed, telemetry_every=1)
-    F.cross_entropy(model(x), y).backward()
+    _loss(model(x), y).backward()
     culprit = first_bad(epoch_telemetry(model))
     if culprit:
         return f"first bad telemetry: {culprit}"
@@ -343,10 +357,9 @@ class RunResult:
     skipped: bool = False
 
 
-def _build(spec: RunSpec, dataset: Dataset) -> nn.Module:
-    c, h, w = dataset.input_shape
+def _build(spec: RunSpec, dataset: Data) -> nn.Module:
     torch.manual_seed(spec.seed)
-    return build_model(spec.model, dataset.num_classes, c, (h, w)).to(spec.device)
+    return build_for_data(spec.model, dataset.num_classes, dataset.input_shape).to(spec.device)
 
 
 @dataclass
@@ -355,7 +368,7 @@ class _Session:
     DDP wrapper), optimizer, data generator, solver, sizes and the ranks."""
 
     spec: RunSpec
-    dataset: Dataset
+    dataset: Data
     model: nn.Module
     net: nn.Module
     opt: torch.optim.Optimizer
@@ -367,7 +380,7 @@ class _Session:
     world: World
 
     @classmethod
-    def start(cls, spec: RunSpec, dataset: Dataset, epochs: int, world: World) -> _Session:
+    def start(cls, spec: RunSpec, dataset: Data, epochs: int, world: World) -> _Session:
         solver = solver_for(spec)
         if solver.batch_size < world.size:
             raise ValueError(f"batch size {solver.batch_size} is below the world size "
@@ -404,7 +417,7 @@ class _Session:
         self.opt.load_state_dict(state["optimizer"])
         self.model.eval()
         with torch.no_grad():
-            self.model(torch.zeros(1, *self.dataset.input_shape, device=self.spec.device))
+            self.model(next(iter(self.dataset.loader("test", 1, device=self.spec.device)))[0])
             for name, p in self.model.named_parameters():
                 p.data.copy_(state["params"][name])
         rng = state["rng"]
@@ -434,15 +447,15 @@ class _Session:
                 g["lr"] = base * factor
             xs, ys = self.world.shard(x), self.world.shard(y)
             out = self.net(xs)
-            loss = F.cross_entropy(out, ys)
-            total, hits, n = self.world.sum([loss.item() * len(ys),
-                                             int((out.argmax(1) == ys).sum()), len(ys)])
+            loss = _loss(out, ys)
+            total, hits, n = self.world.sum([loss.item() * ys.numel(),
+                                             int((out.argmax(-1) == ys).sum()), ys.numel()])
             value = total / n
             if not math.isfinite(value):  # the weights are still those of this forward
                 why = _diagnose(self.spec, self.dataset, self.model.state_dict(), x, y)
                 raise _Diverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; {why}")
             self.opt.zero_grad(set_to_none=True)
-            (loss * (self.world.size * len(ys) / n)).backward()
+            (loss * (self.world.size * ys.numel() / n)).backward()
             self.opt.step()
             loss_sum += total
             correct += int(hits)
@@ -456,17 +469,17 @@ class _Session:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Test loss and accuracy (eval mode: quantized, no telemetry recorded), each rank
-        on its shard of every batch, summed over the ranks."""
+        """Test loss and accuracy per prediction (eval mode: quantized, no telemetry
+        recorded), each rank on its shard of every batch, summed over the ranks."""
         self.model.eval()
         loss_sum, correct = 0.0, 0
         for x, y in self.dataset.loader("test", self.solver.batch_size, device=self.spec.device):
             x, y = self.world.shard(x), self.world.shard(y)
             out = self.model(x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
+            loss_sum += float(_loss(out, y, reduction="sum"))
+            correct += int((out.argmax(-1) == y).sum())
         loss_sum, correct = self.world.sum([loss_sum, correct])
-        n = int(self.dataset.test_y.shape[0])
+        n = int(self.dataset.test_y.numel())
         return {"test_loss": loss_sum / n, "test_acc": correct / n}
 
 
@@ -507,7 +520,7 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: torch.save(state, fh))
 
 
-def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
+def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Data, *,
               quiet: bool = False, max_epochs: int | None = None,
               tensorboard: bool = False) -> RunResult:
     """Train ``spec`` into ``out/<spec.name>/``, resuming or skipping as the folder says.
@@ -520,6 +533,7 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
     """
     world = current()
     quiet = quiet or not world.main
+    check_inputs(spec.model, dataset.input_shape)
     solver = solver_for(spec)
     if dataset.normalize != solver.normalize:
         raise ValueError(f"{spec.model} expects data normalised {solver.normalize!r}, "
@@ -579,8 +593,12 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Dataset, *,
 
 
 def load_data(dataset: str, model: str, data_dir: str | os.PathLike[str] | None = None
-              ) -> Dataset:
-    """Load ``dataset`` normalised as ``model``'s reference solver expects."""
+              ) -> Data:
+    """Load ``dataset`` normalised as ``model``'s reference solver expects (``"text"``:
+    :func:`lowprec.study.text.load_text`, token windows, not normalised)."""
     from .data import load_dataset
+
+    if dataset.strip().lower() == "text":
+        return load_text(data_dir)
 
     return load_dataset(dataset, data_dir, normalize=default_solver(model).normalize)
