@@ -199,7 +199,7 @@ def test_cli_errors_exit_2_and_dry_run_lists(tmp_path: Path,
 
 
 def test_example_sweep_file_expands() -> None:
-    example = Path(__file__).resolve().parents[1] / "examples" / "sweep_fp_split.toml"
+    example = Path(__file__).resolve().parents[2] / "examples" / "sweep_fp_split.toml"
     s = Sweep.from_file(example)
     assert s.name == "fp_split" and s.file == str(example) and len(s.runs) > 10
 

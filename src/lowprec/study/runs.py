@@ -38,14 +38,12 @@ import json
 import math
 import os
 import platform
-import secrets
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +52,7 @@ from tqdm.auto import tqdm
 
 from ..train import prepare as training
 from ..train.distributed import World, current
+from ..train.files import atomic_write
 from ..train.recipe import TENSOR_CLASSES, Recipe
 from .data import Dataset
 from .models import SolverConfig, build_model, default_solver
@@ -89,24 +88,6 @@ class RunError(RuntimeError):
 
 
 # -- atomic files ---------------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write(fh)`` on a temporary file next to ``path``, then move it onto ``path``.
-
-    On any failure the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

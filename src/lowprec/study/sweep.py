@@ -61,7 +61,7 @@ from typing import Any
 import torch
 
 from ..numerics import presets as formats
-from ..numerics.formats import FixedPoint, FloatingPoint, Format
+from ..numerics.formats import Format
 from ..train import recipes
 from ..train.recipe import QuantSpec, Recipe
 from .data import DATASETS
@@ -113,15 +113,11 @@ class Variant:
     @property
     def formats(self) -> str:
         """The recipe's formats, preset names where they are presets: ``"fp12"``."""
-        labels = dict.fromkeys(_format_label(s.format) for s in self._specs())
+        labels = dict.fromkeys(formats.name_of(s.format) for s in self._specs())
         return "/".join(labels) or "fp32"
 
     def _specs(self) -> list[QuantSpec]:
         return [s for s in self.recipe.specs().values() if s is not None]
-
-
-def _format_label(fmt: Format) -> str:
-    return next((n for n in formats.names() if formats.get(n) == fmt), fmt.name)
 
 
 @dataclass(frozen=True)
@@ -398,16 +394,14 @@ def _split_classes(template: Recipe, classes: Any, where: str) -> list[str]:
 
 def _with_format(template: Recipe, classes: list[str], kind: str, params: dict[str, int],
                  options: dict[str, Any]) -> Recipe:
-    """``template`` with the format of ``classes`` replaced, rounding and scaling kept."""
+    """``template`` with the format of ``classes`` replaced, rounding and scaling kept; a
+    float split keeps the other settings of the class's float format (not its bias)."""
     changes = {}
     for cls in classes:
         spec = getattr(template, cls)
-        if kind == "fixed":
-            fmt: Format = FixedPoint(params["wl"], params["fl"])
-        else:
-            old = spec.format
-            keep = ({"subnormals": old.subnormals, "specials": old.specials}
-                    if type(old) is FloatingPoint else {})
-            fmt = FloatingPoint(params["exp"], params["man"], **{**keep, **options})
+        old = spec.format
+        kept = old.to_dict() if kind == "float" and old.table_kind == kind else {}
+        kept.pop("bias", None)
+        fmt = Format.from_dict({**kept, "kind": kind, **params, **options})
         changes[cls] = dataclasses.replace(spec, format=fmt)
     return template.replace(**changes)

@@ -64,7 +64,7 @@ from typing import Any
 import tomli_w
 
 from ..numerics import presets
-from ..numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from ..numerics.formats import Format
 from ..numerics.rounding import check_mode, check_overflow, check_rand_bits
 from ..numerics.scaling import Scaling
 
@@ -155,39 +155,17 @@ def _check_keys(
         raise RecipeError(f"missing key(s) {missing}")
 
 
-_FORMAT_KINDS: dict[str, tuple[type[Format], tuple[str, ...], tuple[str, ...]]] = {
-    # kind: (class, required keys, optional keys)
-    "fixed": (FixedPoint, ("wl", "fl"), ()),
-    "float": (FloatingPoint, ("exp", "man"), ("bias", "subnormals", "specials")),
-    "pow2": (PowerOfTwo, ("exp_bits", "emax"), ()),
-}
-
-
 def _format_from_toml(value: Any) -> Format:
     if isinstance(value, str):
         return presets.get(value)
     if not isinstance(value, Mapping):
         raise RecipeError(f"format must be a preset name or a table, got {value!r}")
-    kind = value.get("kind")
-    if kind not in _FORMAT_KINDS:
-        raise RecipeError(f"format kind={kind!r} is unknown; allowed: {list(_FORMAT_KINDS)}")
-    cls, required, optional = _FORMAT_KINDS[kind]
-    _check_keys(value, ("kind", *required, *optional), ("kind", *required))
-    return cls(**{k: v for k, v in value.items() if k != "kind"})
+    return Format.from_dict(value)
 
 
 def _format_to_toml(fmt: Format) -> str | dict[str, Any]:
-    for name in presets.names():
-        if presets.get(name) == fmt:
-            return name
-    if isinstance(fmt, PowerOfTwo):
-        return {"kind": "pow2", "exp_bits": fmt.exp_bits, "emax": fmt.emax}
-    if isinstance(fmt, FixedPoint):
-        return {"kind": "fixed", "wl": fmt.wl, "fl": fmt.fl}
-    if isinstance(fmt, FloatingPoint):
-        return {"kind": "float", "exp": fmt.exp, "man": fmt.man, "bias": fmt.ebias,
-                "subnormals": fmt.subnormals, "specials": fmt.specials}
-    raise RecipeError(f"cannot write format {fmt!r} to TOML")
+    name = presets.name_of(fmt)
+    return name if name in presets.names() else fmt.to_dict()
 
 
 def _scaling_to_dict(s: Scaling) -> dict[str, Any]:
