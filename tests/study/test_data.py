@@ -24,13 +24,15 @@ import pytest
 import torch
 
 import lowprec.study.data as data_mod
-from lowprec.study.data import cifar10, fashion_mnist, locate
 from lowprec.study.data import (
     CIFAR10_URL,
     DATASETS,
     DataError,
     Dataset,
+    cifar10,
+    fashion_mnist,
     load_dataset,
+    locate,
     pad_crop,
     random_crop_flip,
     read_cifar10_batch,

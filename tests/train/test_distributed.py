@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from test_runs import comparable, final_state, tiny_digits
 from test_prepare import batches, representable, small_cnn
+from test_runs import comparable, final_state, tiny_digits
 
 import lowprec as lp
 from lowprec import cli

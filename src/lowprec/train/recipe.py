@@ -57,6 +57,7 @@ import dataclasses
 import fnmatch
 import os
 import sys
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,8 +181,13 @@ def _scaling_to_dict(s: Scaling) -> dict[str, Any]:
 def _scaling_from_dict(d: Any) -> Scaling:
     if not isinstance(d, Mapping):
         raise RecipeError(f"scaling must be a table of lowprec.Scaling arguments, got {d!r}")
-    _check_keys(d, tuple(f.name for f in dataclasses.fields(Scaling) if f.init and f.compare))
     kwargs = dict(d)
+    if "rounding" in kwargs:  # the spelling before scale_rounding
+        warnings.warn(f"scaling key 'rounding' is deprecated: write scale_rounding = "
+                      f"{kwargs['rounding']!r}", DeprecationWarning, stacklevel=2)
+        kwargs["scale_rounding"] = kwargs.pop("rounding")
+    _check_keys(kwargs, tuple(f.name for f in dataclasses.fields(Scaling)
+                              if f.init and f.compare))
     if isinstance(d.get("scale_format"), Mapping):
         kwargs["scale_format"] = _format_from_toml(d["scale_format"])
     return Scaling(**kwargs)
