@@ -332,10 +332,11 @@ def _view(x: torch.Tensor, s: Scaling) -> tuple[
         return x, dims, lambda t: t, lambda t: t.reshape(-1)
     xt = x.movedim(axis, -1)
     n = xt.shape[-1]
-    nb = -(-n // s.block)
-    pad = nb * s.block - n
+    size = max(1, min(s.block, n))  # a block longer than the axis is padded no further
+    nb = -(-n // size)
+    pad = nb * size - n
     padded = F.pad(xt, (0, pad)) if pad else xt  # zeros change no amax
-    xb = padded.reshape(*xt.shape[:-1], nb, s.block)
+    xb = padded.reshape(*xt.shape[:-1], nb, size)
 
     def back(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(padded.shape)[..., :n].movedim(-1, axis)

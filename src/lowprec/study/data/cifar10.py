@@ -31,6 +31,8 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
 CIFAR10_META = "batches.meta"
+#: images per batch file (the official files hold exactly this many)
+CIFAR10_MAX_BATCH = 10_000
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
     "automobile",
@@ -177,12 +179,8 @@ def _get(d: dict[Any, Any], key: str, source: str) -> Any:
     raise DataError(f"{source}: missing key {key!r} (found keys {sorted(map(repr, d))})")
 
 
-def read_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR-10 batch file; return ``(images uint8 [N,3,32,32], labels int64 [N])``.
-
-    Accepts bytes or str keys. Raises :class:`DataError` naming ``path`` for anything wrong.
-    """
-    path = Path(path)
+def _read_dict(path: Path) -> dict[Any, Any]:
+    """The dict a CIFAR-10 pickle holds (restricted unpickling); :class:`DataError` else."""
     try:
         with open(path, "rb") as fh:
             obj = restricted_pickle_load(fh, str(path))
@@ -190,40 +188,57 @@ def read_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.nda
         raise DataError(f"{path}: cannot read ({exc})") from exc
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def _labels(labels: Any, n: int, path: Path) -> np.ndarray:
+    """``n`` labels in 0..9 as int64. A list is checked element by element *before* numpy
+    sees it: nested lists that a pickle shares by reference would expand to gigabytes."""
+    if isinstance(labels, list):
+        if len(labels) != n:
+            raise DataError(f"{path}: {len(labels)} labels for {n} images (counts must match)")
+        if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in labels):
+            raise DataError(f"{path}: 'labels' must be a flat list of integers")
+        lab = np.asarray(labels, dtype=np.int64) if labels else np.zeros(0, np.int64)
+    elif isinstance(labels, np.ndarray) and labels.ndim == 1 and (
+            labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+        if labels.shape[0] != n:
+            raise DataError(f"{path}: {labels.shape[0]} labels for {n} images "
+                            "(counts must match)")
+        lab = labels.astype(np.int64)
+    else:
+        raise DataError(f"{path}: 'labels' must be a flat list of integers")
+    if lab.size and (lab.min() < 0 or lab.max() > 9):
+        raise DataError(f"{path}: labels outside 0..9 (min {lab.min()}, max {lab.max()})")
+    return lab
+
+
+def read_cifar10_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 batch file; return ``(images uint8 [N,3,32,32], labels int64 [N])``.
+
+    Accepts bytes or str keys; ``N`` is at most :data:`CIFAR10_MAX_BATCH`. Raises
+    :class:`DataError` naming ``path`` for anything wrong.
+    """
+    path = Path(path)
+    obj = _read_dict(path)
     data = _get(obj, "data", str(path))
     labels = _get(obj, "labels", str(path))
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
         kind = getattr(data, "dtype", type(data).__name__)
         raise DataError(f"{path}: 'data' must be a uint8 numpy array, got {kind}")
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{path}: 'data' has shape {data.shape}, expected [N, 3072]")
-    try:
-        lab = np.asarray(labels)
-    except Exception as exc:  # ragged or exotic content
-        raise DataError(f"{path}: 'labels' is not a list of integers ({exc})") from exc
-    if lab.ndim != 1 or not (lab.size == 0 or np.issubdtype(lab.dtype, np.integer)):
-        raise DataError(f"{path}: 'labels' must be a flat list of integers")
-    if lab.shape[0] != data.shape[0]:
-        raise DataError(
-            f"{path}: {lab.shape[0]} labels for {data.shape[0]} images (counts must match)"
-        )
-    if lab.size and (lab.min() < 0 or lab.max() > 9):
-        raise DataError(f"{path}: labels outside 0..9 (min {lab.min()}, max {lab.max()})")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] > CIFAR10_MAX_BATCH:
+        raise DataError(f"{path}: 'data' has shape {data.shape}, expected [N, 3072] with "
+                        f"N <= {CIFAR10_MAX_BATCH}")
+    lab = _labels(labels, data.shape[0], path)
     images = np.require(data.reshape(-1, 3, 32, 32), requirements=["C", "W"])
-    return images, lab.astype(np.int64)
+    return images, lab
 
 
 def _read_cifar_meta(folder: Path) -> tuple[str, ...]:
     path = folder / CIFAR10_META
     if not path.is_file():
         return CIFAR10_CLASSES
-    try:
-        with open(path, "rb") as fh:
-            obj = restricted_pickle_load(fh, str(path))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    obj = _read_dict(path)
     names = _get(obj, "label_names", str(path))
     if not isinstance(names, list) or len(names) != 10:
         raise DataError(f"{path}: 'label_names' must be a list of 10 names")

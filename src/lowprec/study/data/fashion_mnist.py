@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -19,6 +20,8 @@ __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES", "FASHION_MNIST_MIRROR
            "find_fashion_mnist", "load", "read_idx"]
 
 FASHION_MNIST_FOLDER = "fashion-mnist"
+#: the largest IDX payload read (Fashion-MNIST's training images: 47,040,000 bytes)
+IDX_MAX_BYTES = 64 << 20
 #: Official download locations (Zalando's S3 bucket, then the GitHub repository).
 FASHION_MNIST_MIRRORS: tuple[str, ...] = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -130,41 +133,62 @@ _IDX_DTYPES: dict[int, np.dtype[Any]] = {
 }
 
 
-def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> np.ndarray:
+def _read_exactly(fh: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end of the stream), read in bounded chunks."""
+    parts, left = [], n
+    while left > 0:
+        chunk = fh.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def read_idx(path: str | os.PathLike[str], ndim: int | None = None,
+             max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
     """Parse an IDX file (optionally gzipped; detected by its magic bytes) into a numpy array.
 
     Checks the magic number (two zero bytes, a known type code, the number of dimensions,
-    optionally equal to ``ndim``) and that the payload has exactly the size the header
-    declares.  Raises :class:`DataError` naming the file otherwise.
+    optionally equal to ``ndim``), that the payload the header declares is at most
+    ``max_bytes`` (checked before reading it: a small file cannot claim gigabytes, and a
+    gzip stream is decompressed only that far) and that the payload has exactly that size.
+    Raises :class:`DataError` naming the file otherwise.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as raw_fh:
+            gz = raw_fh.read(2) == b"\x1f\x8b"
+            raw_fh.seek(0)
+            fh: BinaryIO = gzip.GzipFile(fileobj=raw_fh) if gz else raw_fh  # type: ignore[assignment]
+            magic = _read_exactly(fh, 4)
+            if len(magic) < 4:
+                raise DataError(f"{path}: truncated IDX file ({len(magic)} bytes)")
+            zero, code, dims_n = magic[:2], magic[2], magic[3]
+            if zero != b"\x00\x00" or code not in _IDX_DTYPES or dims_n == 0:
+                raise DataError(f"{path}: bad IDX magic number {magic.hex()}")
+            if ndim is not None and dims_n != ndim:
+                raise DataError(f"{path}: IDX file has {dims_n} dimensions, expected {ndim}")
+            head = _read_exactly(fh, 4 * dims_n)
+            if len(head) < 4 * dims_n:
+                raise DataError(f"{path}: truncated IDX header")
+            dims = struct.unpack(">" + "I" * dims_n, head)
+            dtype = _IDX_DTYPES[code]
+            expected = math.prod(dims) * dtype.itemsize
+            if expected > max_bytes:
+                raise DataError(f"{path}: IDX header says {dims} ({expected} bytes), more than "
+                                f"the {max_bytes} bytes allowed: not a data set file")
+            payload = _read_exactly(fh, expected + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes)")
-    zero, code, dims_n = raw[:2], raw[2], raw[3]
-    if zero != b"\x00\x00" or code not in _IDX_DTYPES or dims_n == 0:
-        raise DataError(f"{path}: bad IDX magic number {raw[:4].hex()}")
-    if ndim is not None and dims_n != ndim:
-        raise DataError(f"{path}: IDX file has {dims_n} dimensions, expected {ndim}")
-    header = 4 + 4 * dims_n
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = struct.unpack(">" + "I" * dims_n, raw[4:header])
-    dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    got = len(raw) - header
+    got = len(payload)
     if got != expected:
         what = "truncated" if got < expected else "has trailing bytes"
+        shown = f"{got} bytes" if got <= expected else "more"
         raise DataError(
-            f"{path}: IDX file {what}: header says {dims} ({expected} bytes), payload {got} bytes"
+            f"{path}: IDX file {what}: header says {dims} ({expected} bytes), payload {shown}"
         )
-    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    arr = np.frombuffer(payload, dtype=dtype).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
