@@ -20,6 +20,7 @@ from lowprec.numerics.formats import FixedPoint, FloatingPoint
 from lowprec.study import sweep_runner
 from lowprec.study.data import Dataset
 from lowprec.study.report import write_report
+from lowprec.study.rundir import LOCK, read_checkpoint
 from lowprec.study.runs import (
     CHECKPOINT,
     CONFIG,
@@ -240,13 +241,13 @@ def snapshot(folder: Path) -> tuple[dict, list[dict], dict, dict]:
     the final parameters and optimizer state."""
     config = read_json(folder / CONFIG)
     config.pop("environment")
-    state = torch.load(folder / CHECKPOINT, weights_only=True)
+    state = read_checkpoint(folder)
     return config, comparable(read_metrics(folder)), read_json(folder / STATUS), state
 
 
 def assert_same_runs(out: Path, reference: Path, folders: list[str] = FOLDERS) -> None:
     for name in folders:
-        assert {p.name for p in (out / name).iterdir()} == FILES, name
+        assert {p.name for p in (out / name).iterdir()} == {*FILES, LOCK}, name
         got, want = snapshot(out / name), snapshot(reference / name)
         assert got[:3] == want[:3], name
         for part in ("params", "model"):
