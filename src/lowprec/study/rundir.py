@@ -96,10 +96,11 @@ CHECKPOINT_VERSION = 1
 #: what ``status.json`` may say
 STATUSES = ("done", "diverged")
 #: what every ``metrics.jsonl`` record holds (numbers)
-METRIC_KEYS = ("epoch", "loss", "train_acc", "test_loss", "test_acc")
-#: what every ``config.json`` holds
-CONFIG_KEYS = ("name", "dataset", "model", "recipe_name", "seed", "epochs", "batch_size",
-               "solver", "recipe")
+METRIC_KEYS = ("epoch", "loss", "train_acc", "test_acc")
+#: what every ``config.json`` holds, and its type
+CONFIG_KEYS: dict[str, type] = {"name": str, "dataset": str, "model": str, "seed": int,
+                                "epochs": int, "batch_size": int, "solver": dict,
+                                "recipe": dict}
 
 
 class RunError(RuntimeError):
@@ -284,9 +285,11 @@ def read_config(folder: Path) -> dict[str, Any]:
     """``config.json`` of a run folder, checked to hold :data:`CONFIG_KEYS`."""
     path = folder / CONFIG
     config = read_json(path, dict)
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    if missing:
-        raise RunError(f"{path}: missing {missing}; not a lowprec run configuration")
+    bad = [k for k, kind in CONFIG_KEYS.items()
+           if not isinstance(config.get(k), kind) or isinstance(config.get(k), bool)]
+    if bad or config["epochs"] < 1:
+        raise RunError(f"{path}: missing or malformed {bad or ['epochs']}; not a lowprec run "
+                       "configuration: delete the run folder or rerun with --restart")
     return config
 
 
