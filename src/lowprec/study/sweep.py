@@ -6,7 +6,7 @@ runs are the cartesian product of the axes, one :class:`~lowprec.experiment.RunS
     name = "fp-split"                 # optional (default: the file's stem)
     datasets = "digits"               # axis, required: data set names (lowprec.data.DATASETS)
     models = "small_cnn"              # axis, required: model names (lowprec.models.MODELS)
-    seeds = [0, 1, 2]                 # axis (default 0)
+    seeds = [0, 1, 2]                 # axis (default 0): integers in [0, 2**32)
     epochs = 8                        # axis (default: the solver's reference length)
     batch_size = 64                   # fixed settings, as lowprec train's options (optional)
     lr = 0.05
@@ -49,8 +49,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Mapping
@@ -66,7 +66,8 @@ from ..train import recipes
 from ..train.recipe import QuantSpec, Recipe
 from .data import DATASETS
 from .models import MODELS
-from .runs import RunSpec
+from .rundir import RunError, check_name
+from .runs import SEEDS, RunSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,7 +84,6 @@ _SPLITS = {
     "float_split": ("float", ("exp", "man"), ("bits", "subnormals", "specials")),
     "fixed_split": ("fixed", ("wl", "fl"), ()),
 }
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 class SweepError(ValueError):
@@ -163,6 +163,8 @@ class Sweep:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SweepError(f"{source}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise SweepError(f"{source}: nested too deeply to parse") from None
         return dataclasses.replace(cls.from_dict(data, source, default_name), text=text)
 
     @classmethod
@@ -176,25 +178,31 @@ class Sweep:
 
 
 def _name(d: Mapping[str, Any], default: str) -> str:
-    name = d.get("name", default)
-    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
-        raise SweepError(f"name: {name!r} cannot name the default output folder; set "
-                         "name = \"...\" with letters, digits and _ . + -")
-    return name
+    try:
+        return check_name(d.get("name", default), "name:")
+    except RunError as exc:
+        raise SweepError(f"{exc}; set name = \"...\"") from None
 
 
 def _expand(d: Mapping[str, Any]) -> list[SweepRun]:
     _check_keys(d, _KEYS, "")
     datasets = _axis(d, "datasets", str, choices=DATASETS)
     models = _axis(d, "models", str, choices=MODELS)
-    seeds = _axis(d, "seeds", int, default=0)
+    seeds = _axis(d, "seeds", int, default=0, low=0)
+    for i, seed in enumerate(seeds):
+        if seed >= SEEDS:
+            raise SweepError(f"seeds[{i}]: {seed} is too large; seeds are integers in "
+                             "[0, 2**32)")
     epochs = _axis(d, "epochs", int, default=None, low=1)
     settings = _settings(d)
     variants = _variants(d)
     runs = []
     for dataset, model, n, variant, seed in itertools.product(
             datasets, models, epochs, variants, seeds):
-        spec = RunSpec(dataset, model, variant.recipe, seed, n, **settings)
+        try:
+            spec = RunSpec(dataset, model, variant.recipe, seed, n, **settings)
+        except ValueError as exc:  # RunSpec's other checks
+            raise SweepError(f"{variant.source}, seed {seed}: {exc}") from None
         folder = f"epochs{n}/{spec.name}" if len(epochs) > 1 else spec.name
         runs.append(SweepRun(spec, folder, variant))
     return runs
@@ -251,8 +259,8 @@ def _settings(d: Mapping[str, Any]) -> dict[str, Any]:
         if key in d:
             _check_type(d[key], kind, key, low)
             out[key] = d[key]
-    if "lr" in out and out["lr"] <= 0:
-        raise SweepError(f"lr: must be positive, got {out['lr']!r}")
+    if "lr" in out and not (math.isfinite(out["lr"]) and out["lr"] > 0):
+        raise SweepError(f"lr: must be a finite number > 0, got {out['lr']!r}")
     if "device" in out:
         try:
             torch.device(out["device"])
@@ -284,9 +292,10 @@ def _variants(d: Mapping[str, Any]) -> list[Variant]:
         if name in seen:
             raise SweepError(f"recipe name {name!r} comes from both {seen[name]} and {v.source}; "
                              "run folders are named after recipes: rename one")
-        if not _SAFE_NAME.fullmatch(name):
-            raise SweepError(f"{v.source}: recipe name {name!r} cannot name a folder; use "
-                             "letters, digits and _ . + -")
+        try:
+            check_name(name, f"{v.source}: recipe name")
+        except RunError as exc:
+            raise SweepError(str(exc)) from None
         seen[name] = v.source
     return variants
 

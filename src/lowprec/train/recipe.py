@@ -307,6 +307,8 @@ class Recipe:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"{source}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise RecipeError(f"{source}: nested too deeply to parse") from None
         return cls.from_dict(data, source)
 
     def to_file(self, path: str | os.PathLike[str]) -> None:
