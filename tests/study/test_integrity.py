@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import struct
 import time
@@ -221,6 +222,14 @@ def test_sweep_workers_die_with_their_driver() -> None:
 # -- 6, 10. damaged files are named, never a traceback ---------------------------------------
 
 
+@pytest.fixture(scope="module")
+def finished(digits: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run folder, as ``TRAIN --recipe fp32`` leaves it (copy it to change it)."""
+    out = tmp_path_factory.mktemp("finished")
+    train_run(spec("fp32"), out, digits, quiet=True)
+    return out / FP32
+
+
 @pytest.mark.parametrize(("name", "content", "message"), [
     (CONFIG, "[1, 2]", "config.json: expected a JSON dict, got list"),
     (CONFIG, "{", "config.json: not readable JSON"),
@@ -231,10 +240,9 @@ def test_sweep_workers_die_with_their_driver() -> None:
     (METRICS, '{"epoch": 1, "loss": 1.0, "train_acc": 0.5}\n', "lacks the numbers ['test_acc']"),
 ])
 def test_damaged_run_files_are_clear_errors(
-        tiny: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
-        content: str, message: str) -> None:
-    code, _ = run(capsys, *TRAIN, "--recipe", "fp32", "--out", tmp_path)
-    assert code == 0
+        tiny: None, finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        name: str, content: str, message: str) -> None:
+    shutil.copytree(finished, tmp_path / FP32)
     (tmp_path / FP32 / name).write_text(content)
     for command in (["report", tmp_path], [*TRAIN, "--recipe", "fp32", "--out", tmp_path]):
         code, err = run(capsys, *command)
@@ -242,9 +250,9 @@ def test_damaged_run_files_are_clear_errors(
         assert str(tmp_path / FP32 / name) in err or name == METRICS
 
 
-def test_malformed_sweep_json_is_named(tiny: None, tmp_path: Path,
+def test_malformed_sweep_json_is_named(finished: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    run(capsys, *TRAIN, "--recipe", "fp32", "--out", tmp_path)
+    shutil.copytree(finished, tmp_path / FP32)
     (tmp_path / "sweep.json").write_text('{"name": "x", "runs": [1]}')
     code, err = run(capsys, "report", tmp_path)
     assert code == 2 and "sweep.json: not a lowprec sweep summary" in err
