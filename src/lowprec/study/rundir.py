@@ -30,7 +30,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -38,9 +38,6 @@ from ..train.files import atomic_write
 from ..train.recipe import Recipe
 from .data import DATASETS
 from .models import MODELS
-
-if TYPE_CHECKING:
-    from .runs import RunSpec
 
 __all__ = [
     "CHECKPOINT_MAGIC",
@@ -96,7 +93,7 @@ CHECKPOINT_VERSION = 1
 #: what ``status.json`` may say
 STATUSES = ("done", "diverged")
 #: what every ``metrics.jsonl`` record holds (numbers)
-METRIC_KEYS = ("epoch", "loss", "train_acc", "test_acc")
+METRIC_KEYS = ("epoch", "loss", "test_acc")
 #: what every ``config.json`` holds, and its type
 CONFIG_KEYS: dict[str, type] = {"name": str, "dataset": str, "model": str, "seed": int,
                                 "epochs": int, "batch_size": int, "solver": dict,
@@ -129,8 +126,9 @@ def _int_in(value: Any, what: str, low: int, high: int | None = None) -> None:
         raise ValueError(f"{what} must be an integer >= {low}{upper}, got {value!r}")
 
 
-def validate_spec(spec: RunSpec) -> None:
-    """``ValueError`` naming the first bad field of ``spec``: the seed in :data:`SEEDS`,
+def validate_spec(spec: Any) -> None:
+    """``ValueError`` naming the first bad field of ``spec`` (a :class:`~.runs.RunSpec`,
+    which calls this when built): the seed in :data:`SEEDS`,
     positive integer epochs and batch size, a finite positive learning rate, a known data
     set and model, a run name that can name a folder, a CPU or CUDA device."""
     if spec.dataset not in DATASETS:
