@@ -41,8 +41,8 @@ from .numerics.scaling import ScaledFormat
 from .study.data import DATASETS, DataError
 from .study.models import MODELS, build_model
 from .study.report import write_report
-from .study.rundir import finite_positive
-from .study.runs import SEEDS, RunError, RunResult, RunSpec, load_data, train_run
+from .study.rundir import SEEDS, finite_positive
+from .study.runs import RunError, RunResult, RunSpec, load_data, train_run
 from .study.sweep import Sweep, SweepError
 from .study.sweep_runner import PROBLEMS, SUMMARY, RayOptions, run_sweep
 from .train import distributed, recipes

@@ -58,11 +58,8 @@ from .data import Dataset
 from .models import SolverConfig, build_model, default_solver
 from .rundir import (
     CHECKPOINT,
-    COLLAPSE_MARGIN,
     CONFIG,
-    IDENTITY,
     METRICS,
-    SEEDS,
     STATUS,
     RunError,
     check_or_write_config,
@@ -84,11 +81,8 @@ from .rundir import (
 
 __all__ = [
     "CHECKPOINT",
-    "COLLAPSE_MARGIN",
     "CONFIG",
-    "IDENTITY",
     "METRICS",
-    "SEEDS",
     "STATUS",
     "RunError",
     "RunResult",
@@ -101,7 +95,6 @@ __all__ = [
     "read_metrics",
     "solver_for",
     "train_run",
-    "validate_spec",
     "write_json",
     "write_text",
 ]

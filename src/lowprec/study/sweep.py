@@ -66,8 +66,8 @@ from ..train import recipes
 from ..train.recipe import QuantSpec, Recipe
 from .data import DATASETS
 from .models import MODELS
-from .rundir import RunError, check_name
-from .runs import SEEDS, RunSpec
+from .rundir import SEEDS, RunError, check_name
+from .runs import RunSpec
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -125,19 +125,16 @@ def _extract_cifar_tarball(archive: Path, dest_parent: Path) -> Path:
 
 def _cifar_not_found_message(data_dir: str | os.PathLike[str] | None, why: str) -> str:
     cache = locate.cache_dir()
-    looked = "\n".join(f"  - {p} ({how})" for p, how in _cifar_candidates(data_dir))
-    return (
-        "CIFAR-10 not found. Looked for a 'cifar-10-batches-py' folder (data_batch_1..5, "
-        f"test_batch, batches.meta) in:\n{looked}\n{why}\n"
-        "To fix, do one of:\n"
-        f"  * download {CIFAR10_URL} (MD5 {CIFAR10_MD5}) and extract it so that "
-        f"{cache / CIFAR10_FOLDER / 'data_batch_1'} exists, or just put the .tar.gz at "
-        f"{cache / CIFAR10_TARBALL};\n"
-        "  * set LOWPREC_DATA_DIR=/path/to/parent (the folder that contains "
-        "cifar-10-batches-py/);\n"
-        "  * set CIFAR10_DIR=/path/to/cifar-10-batches-py;\n"
-        "  * pass data_dir=/path/to/cifar-10-batches-py (or its parent) to load_dataset()."
-    )
+    return locate.not_found(
+        "CIFAR-10", "a 'cifar-10-batches-py' folder (data_batch_1..5, test_batch, "
+        "batches.meta)", _cifar_candidates(data_dir), why, [
+            f"download {CIFAR10_URL} (MD5 {CIFAR10_MD5}) and extract it so that "
+            f"{cache / CIFAR10_FOLDER / 'data_batch_1'} exists, or just put the .tar.gz at "
+            f"{cache / CIFAR10_TARBALL}",
+            "set LOWPREC_DATA_DIR=/path/to/parent (the folder that contains "
+            "cifar-10-batches-py/)",
+            "set CIFAR10_DIR=/path/to/cifar-10-batches-py",
+            "pass data_dir=/path/to/cifar-10-batches-py (or its parent) to load_dataset()"])
 
 
 def _obtain_cifar10(

@@ -78,21 +78,18 @@ def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> tuple[
 
 
 def _fashion_not_found_message(data_dir: str | os.PathLike[str] | None, why: str) -> str:
-    looked = "\n".join(f"  - {p} ({how})" for p, how in _fashion_candidates(data_dir))
     names = ", ".join(base + ".gz" for base, _ in FASHION_MNIST_FILES.values())
     dest = locate.cache_dir() / FASHION_MNIST_FOLDER
-    return (
-        f"Fashion-MNIST not found. Looked for its IDX files ({names}; gzipped or not) in:\n"
-        f"{looked}\n{why}\n"
-        "To fix, do one of:\n"
-        f"  * put the four files in {dest}/ (official MD5s are listed in "
-        "lowprec.data.FASHION_MNIST_FILES);\n"
-        "  * on Debian/Ubuntu: apt-get install dataset-fashion-mnist "
-        "(installs them in /usr/share/datasets/fashion-mnist);\n"
-        "  * set LOWPREC_DATA_DIR=/path/to/parent (containing fashion-mnist/) or "
-        "FASHION_MNIST_DIR=/path/to/folder;\n"
-        "  * pass data_dir=/path/to/folder to load_dataset()."
-    )
+    return locate.not_found(
+        "Fashion-MNIST", f"its IDX files ({names}; gzipped or not)",
+        _fashion_candidates(data_dir), why, [
+            f"put the four files in {dest}/ (official MD5s are listed in "
+            "lowprec.study.data.FASHION_MNIST_FILES)",
+            "on Debian/Ubuntu: apt-get install dataset-fashion-mnist (installs them in "
+            "/usr/share/datasets/fashion-mnist)",
+            "set LOWPREC_DATA_DIR=/path/to/parent (containing fashion-mnist/) or "
+            "FASHION_MNIST_DIR=/path/to/folder",
+            "pass data_dir=/path/to/folder to load_dataset()"])
 
 
 def _obtain_fashion_mnist(

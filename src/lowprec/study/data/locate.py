@@ -16,7 +16,7 @@ from typing import IO
 from ...train.files import atomic_write
 
 __all__ = ["DOWNLOAD_TIMEOUT_S", "DataError", "cache_dir", "candidates", "dev_copy_dirs",
-           "download", "md5_file", "safe_members"]
+           "download", "md5_file", "not_found", "safe_members"]
 
 DOWNLOAD_TIMEOUT_S = 30.0
 _REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -65,6 +65,16 @@ def candidates(data_dir: str | os.PathLike[str] | None, folder: str, own_env: st
     cands.append((cache_dir() / folder, "cache"))
     return cands + extra
 
+
+
+def not_found(what: str, looked_for: str, where: list[tuple[Path, str]], why: str,
+              fixes: list[str]) -> str:
+    """The message for a data set found nowhere: where it was looked for, why it was not
+    downloaded, and the ways to fix it."""
+    looked = "\n".join(f"  - {p} ({how})" for p, how in where)
+    ways = ";\n".join(f"  * {fix}" for fix in fixes)
+    return (f"{what} not found. Looked for {looked_for} in:\n{looked}\n{why}\n"
+            f"To fix, do one of:\n{ways}.")
 
 
 def md5_file(path: Path) -> str:
