@@ -15,9 +15,12 @@
     lowprec recipes                      # recipe presets: one line each
 
 Runs are resumable (rerun the same command) and skipped once finished, see
-:mod:`lowprec.experiment`. Data errors, bad recipe files, unknown names and unusable
-run folders end with a ``lowprec: error:`` line on stderr and exit status 2 (no
-traceback); a diverged ``train`` run exits with 1, an interrupted one with 130.
+:mod:`lowprec.study.runs`; ``--restart`` starts them over. Data errors, bad recipe files,
+unknown names, bad options (seeds are integers in [0, 2**32), learning rates finite and
+positive) and unusable run folders (damaged or foreign files, a folder another process
+is writing) end with a ``lowprec: error:`` line on stderr and exit status 2 (no
+traceback), before anything is written; a diverged ``train`` run exits with 1, an
+interrupted one with 130.
 A ``sweep`` with a diverged or failed run exits with 1, after running all the others.
 """
 

@@ -12,8 +12,11 @@
                      underflow, overflow, nonfinite, sqnr_db, amax pooled over the
                      epoch's recorded training passes)
 ``checkpoint.pt``    the state after the last finished epoch: model, optimizer, RNG
-                     states (torch, data order, stochastic rounding), epoch, metrics
-``status.json``      written last: ``{"status": "done", ...}`` or
+                     states (torch, data order, stochastic rounding), epoch, metrics,
+                     behind a header with its SHA-256 and the digest of the run's
+                     configuration (``docs/checkpoint-format.md``)
+``status.json``      written last: ``{"status": "done", ...}`` (``"collapsed": true``
+                     and a ``reason`` when the final test accuracy is at chance level) or
                      ``{"status": "diverged", "reason": ...}``
 ===================  ===================================================================
 
@@ -22,7 +25,10 @@ then ``os.replace``), so an interruption leaves either the old or the new versio
 Calling :func:`train_run` again skips a run with a ``status.json`` and resumes one
 with a checkpoint from the epoch after it, restoring every random state, so that it
 ends with the same weights and metrics as an uninterrupted run. The configuration must
-match (a different one raises :class:`RunError`). Accuracies are fractions in [0, 1].
+match (a different one raises :class:`RunError`; ``restart=True`` starts over). Every
+file read is checked (:mod:`.rundir`): a damaged, foreign or inconsistent one raises
+:class:`RunError` naming it. A process writing a run folder holds its lock
+(``.lock``). Accuracies are fractions in [0, 1].
 JSON files write non-finite floats as ``NaN``/``Infinity`` (Python's ``json``).
 
 Inside a torch.distributed process group (``torchrun ... lowprec train --ddp``) the run is
