@@ -10,6 +10,11 @@ checkpoints with digests.
 * **Files.** :func:`read_json`, :func:`read_status`, :func:`read_metrics` and
   :func:`read_config` raise :class:`RunError` naming the file and what is wrong (never a
   ``KeyError`` or a ``JSONDecodeError``).
+* **Configurations.** :func:`validate_spec` checks a run's settings before anything is
+  written; :func:`check_or_write_config` keeps ``config.json`` when it is this run's,
+  replaces it when nothing was trained yet (a refused first attempt blocks no corrected
+  command) and refuses otherwise; :func:`finished_status` checks ``status.json`` against
+  the metrics; :func:`collapse_note` flags a finished run at chance level.
 * **Checkpoints** (``docs/checkpoint-format.md``): one header line
   ``lowprec-run-checkpoint 1 <sha256 of the payload> <identity digest> <payload bytes>``,
   then the payload, a ``torch.save`` file read with ``weights_only=True``.
