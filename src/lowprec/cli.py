@@ -15,9 +15,12 @@
     lowprec recipes                      # recipe presets: one line each
 
 Runs are resumable (rerun the same command) and skipped once finished, see
-:mod:`lowprec.experiment`. Data errors, bad recipe files, unknown names and unusable
-run folders end with a ``lowprec: error:`` line on stderr and exit status 2 (no
-traceback); a diverged ``train`` run exits with 1, an interrupted one with 130.
+:mod:`lowprec.study.runs`; ``--restart`` starts them over. Data errors, bad recipe files,
+unknown names, bad options (seeds are integers in [0, 2**32), learning rates finite and
+positive) and unusable run folders (damaged or foreign files, a folder another process
+is writing) end with a ``lowprec: error:`` line on stderr and exit status 2 (no
+traceback), before anything is written; a diverged ``train`` run exits with 1, an
+interrupted one with 130.
 A ``sweep`` with a diverged or failed run exits with 1, after running all the others.
 """
 
@@ -42,6 +45,7 @@ from .study.data import DATASETS, DataError
 from .study.models import MODELS, build_model
 from .study.progress import bar
 from .study.report import write_report
+from .study.rundir import SEEDS, finite_positive
 from .study.runs import RunError, RunResult, RunSpec, load_data, train_run
 from .study.steplog import TensorBoardMissing, require_tensorboard
 from .study.sweep import Sweep, SweepError
@@ -57,11 +61,25 @@ __all__ = ["QUICK", "build_parser", "main"]
 QUICK = {"dataset": "digits", "model": "small_cnn", "epochs": 8}
 
 
-def _seeds(text: str) -> list[int]:
+def _seed(text: str) -> int:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected comma-separated integers") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < SEEDS:
+        raise argparse.ArgumentTypeError(f"seeds are integers in [0, 2**32), got {value}")
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    return [_seed(x) for x in text.split(",") if x.strip()]
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        return finite_positive(float(text), "the learning rate")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("'", "")) from None
 
 
 def _positive(text: str) -> int:
@@ -76,6 +94,8 @@ def _device(text: str) -> str:
         device = torch.device(text)
     except RuntimeError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: runs train on cpu or cuda devices")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError("CUDA is not available on this machine")
     return text
@@ -96,7 +116,8 @@ def _run_options() -> argparse.ArgumentParser:
                    help="epochs (default: the solver's reference length)")
     p.add_argument("--data-dir", help="where the data set's files are (or go)")
     p.add_argument("--batch-size", type=_positive, help="override the solver's batch size")
-    p.add_argument("--lr", type=float, help="override the solver's base learning rate")
+    p.add_argument("--lr", type=_learning_rate,
+                   help="override the solver's base learning rate (finite, > 0)")
     p.add_argument("--device", type=_device,
                    default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
@@ -105,6 +126,8 @@ def _run_options() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     _tensorboard_option(p)
     p.add_argument("--out", help="output folder (one sub-folder per run)")
+    p.add_argument("--restart", action="store_true",
+                   help="start the runs over: their folders' files are replaced")
     # for tests and schedulers: stop each run after N new epochs (rerun to resume)
     p.add_argument("--max-epochs-this-call", type=_positive, help=argparse.SUPPRESS)
     return p
@@ -127,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = train.add_mutually_exclusive_group(required=True)
     which.add_argument("--recipe", choices=recipes.names(), help="a preset recipe")
     which.add_argument("--recipe-file", type=Path, help="a TOML recipe file")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0, help="an integer in [0, 2**32)")
     train.add_argument("--ddp", action="store_true",
                        help="data-parallel over torchrun's processes: torchrun "
                             "--nproc_per_node N -m lowprec train ... --ddp")
@@ -188,7 +211,8 @@ def _train(args: argparse.Namespace) -> int:
     with distributed.launched(args.ddp, args.device) as world:
         args.device = world.device
         result = train_run(_spec(args, recipe, args.seed), args.out, dataset, quiet=args.quiet,
-                           max_epochs=args.max_epochs_this_call, tensorboard=args.tensorboard)
+                           max_epochs=args.max_epochs_this_call, tensorboard=args.tensorboard,
+                           restart=args.restart)
     if world.main:
         _say(result)
     return 1 if result.status == "diverged" else 0
@@ -210,7 +234,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     specs = [_spec(args, recipes.get(r), s) for r in args.recipes for s in args.seeds]
     for spec in bar(specs, desc="study", unit="run", quiet=args.quiet):
         _say(train_run(spec, args.out, dataset, quiet=args.quiet,
-                       max_epochs=args.max_epochs_this_call, tensorboard=args.tensorboard))
+                       max_epochs=args.max_epochs_this_call, tensorboard=args.tensorboard,
+                       restart=args.restart))
     print(f"report: {write_report(args.out)}")
     return 0
 
@@ -236,6 +261,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _tensorboard_option(p)
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    p.add_argument("--restart", action="store_true",
+                   help="start every run over: their folders' files are replaced")
     ray = p.add_argument_group("ray backend")
     ray.add_argument("--address", help="a Ray cluster's address (default: a local instance)")
     ray.add_argument("--cpus-per-run", type=float, help="CPUs (and torch threads) per run "
@@ -265,7 +292,8 @@ def _sweep(args: argparse.Namespace) -> int:
                      gpus_per_run=args.gpus_per_run, shared_disk=not args.no_shared_disk)
     outcomes = run_sweep(sweep, out, backend=args.backend, workers=args.workers,
                          data_dir=args.data_dir, max_epochs=args.max_epochs_this_call,
-                         quiet=args.quiet, ray_options=ray, tensorboard=args.tensorboard)
+                         quiet=args.quiet, ray_options=ray, tensorboard=args.tensorboard,
+                         restart=args.restart)
     counts = ", ".join(f"{n} {s}" for s, n in Counter(o.status for o in outcomes).items())
     print(f"sweep {sweep.name}: {counts}; summary {out / SUMMARY}; report: lowprec report {out}")
     return 1 if any(o.status in PROBLEMS for o in outcomes) else 0

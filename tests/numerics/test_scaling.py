@@ -15,7 +15,7 @@ them here):
   arises for float64 inputs here, and we clamp to 127 and saturate (documented). A NaN or inf
   in a block makes the whole block NaN only under ``nan_policy="block"`` (microxcaling and
   OCP's NaN scale); by default NaN stays local.
-* torchao's RCEIL scale mode corresponds to our ``rounding="ceil"``; its FLOOR to our
+* torchao's RCEIL scale mode corresponds to our ``scale_rounding="ceil"``; its FLOOR to our
   default ``"floor"``; both keep element subnormals, as do we.
 * MXINT8: microxcaling clamps elements to the symmetric range ``±127/64``; we use the full
   two's complement ``FixedPoint(8, 6)`` range ``[-2, 127/64]`` that OCP lists.
@@ -193,7 +193,8 @@ def test_pow2_exponent_rules(rounding: str, fmt: str) -> None:
     amax = torch.exp2(torch.rand(300, generator=g, dtype=torch.float64) * 80 - 40)
     ties = torch.tensor([1.5, 0.75, 3.0, 1.0, 2.0, 0.5], dtype=torch.float64) * f.max
     x = torch.cat([amax.float().double(), ties, torch.zeros(1, dtype=torch.float64)])
-    s = lp.Scaling("channel", axis=0, rounding=rounding, margin=1 if rounding == "ceil" else 0)
+    s = lp.Scaling("channel", axis=0, scale_rounding=rounding,
+                   margin=1 if rounding == "ceil" else 0)
     y, info = lp.quantize(x, f, scaling=s, return_info=True)
     emax = math.frexp(f.max)[1] - 1
     want = [reference_exponent(Fraction(a), Fraction(f.max), emax, rounding) + s.margin
@@ -214,7 +215,7 @@ def test_per_tensor_exponent_rules(rounding: str, fmt: str) -> None:
     amaxes = torch.exp2(torch.rand(60, generator=g, dtype=torch.float64) * 80 - 40).float()
     ties = [1.5, 0.75, 3.0, 1.0, 2.0, 0.5]
     emax = math.frexp(f.max)[1] - 1
-    s = lp.Scaling(rounding=rounding, margin=-1 if rounding == "even" else 0)
+    s = lp.Scaling(scale_rounding=rounding, margin=-1 if rounding == "even" else 0)
     for i, a in enumerate([*amaxes.tolist(), *(t * f.max for t in ties), 0.0, 2.0**-140]):
         x = torch.tensor([0.25 * a, -a if i % 2 else a, 0.0])
         _, info = lp.quantize(x, f, scaling=s, return_info=True)
@@ -229,7 +230,7 @@ def test_non_pow2_scale_format(rounding: str) -> None:
     """Scales rounded into E4M3 in the documented direction; elements exact given the scale."""
     e4m3 = lp.formats.get("fp8_e4m3")
     x = mx_data()[5:9]
-    s = lp.Scaling("block", block=16, scale_format=e4m3, rounding=rounding)
+    s = lp.Scaling("block", block=16, scale_format=e4m3, scale_rounding=rounding)
     y, info = lp.quantize(x, "fp4_e2m1", scaling=s, return_info=True)
     grid = sorted(Fraction(v) for v in e4m3.values().tolist() if v > 0)
     for r, row in enumerate(as_fractions(x)):
@@ -391,7 +392,7 @@ def test_per_tensor_scaling_keeps_tiny_gradients() -> None:
 
 @pytest.mark.parametrize(("fmt", "scaling"), [
     ("fxp12", lp.Scaling()),
-    ("fp8_e4m3", lp.Scaling("block", block=16, rounding="ceil")),
+    ("fp8_e4m3", lp.Scaling("block", block=16, scale_rounding="ceil")),
 ])
 def test_scaled_stochastic_rounding_is_unbiased(fmt: str, scaling: lp.Scaling) -> None:
     n = 500  # 32000 elements: below torch's parallel grain, fast on a loaded machine
@@ -483,7 +484,7 @@ def test_scaled_format_plugs_into_quantize() -> None:
     ({"granularity": "row"}, "granularity"),
     ({"block": 0}, "block"),
     ({"method": "max"}, "method"),
-    ({"rounding": "nearest"}, "rounding"),
+    ({"scale_rounding": "nearest"}, "scale_rounding"),
     ({"scale_format": "e8m0"}, "scale_format"),
     ({"scale_format": 3}, "scale_format"),
     ({"nan_policy": "ocp"}, "nan_policy"),

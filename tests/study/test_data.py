@@ -29,7 +29,10 @@ from lowprec.study.data import (
     DATASETS,
     DataError,
     Dataset,
+    cifar10,
+    fashion_mnist,
     load_dataset,
+    locate,
     pad_crop,
     random_crop_flip,
     read_cifar10_batch,
@@ -55,8 +58,8 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         monkeypatch.delenv(var, raising=False)
     cache = tmp_path / "cache"
     monkeypatch.setenv("LOWPREC_CACHE_DIR", str(cache))
-    monkeypatch.setattr(data_mod, "_dev_copy_dirs", lambda: [])
-    monkeypatch.setattr(data_mod, "FASHION_MNIST_SYSTEM_DIRS", ())
+    monkeypatch.setattr(locate, "dev_copy_dirs", lambda: [])
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIRS", ())
 
     def no_network(*args: Any, **kwargs: Any) -> Any:
         raise urllib.error.URLError("network disabled in tests")
@@ -369,7 +372,7 @@ def test_cifar_download_and_extract_with_matching_checksum(
     isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tarball = make_tarball(write_fake_cifar(tmp_path / "src" / "cifar-10-batches-py"))
-    monkeypatch.setattr(data_mod, "CIFAR10_MD5", hashlib.md5(tarball).hexdigest())
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(tarball).hexdigest())
     serve(monkeypatch, {CIFAR10_URL: tarball})
     ds = load_dataset("cifar10", download=True)
     assert ds.train_x.shape[0] == 5 * N_PER_BATCH
@@ -406,7 +409,7 @@ def test_cifar_unsafe_archive_is_rejected(
     message: str,
 ) -> None:
     tarball = make_tarball(write_fake_cifar(tmp_path / "src" / "cifar-10-batches-py"), [member])
-    monkeypatch.setattr(data_mod, "CIFAR10_MD5", hashlib.md5(tarball).hexdigest())
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(tarball).hexdigest())
     serve(monkeypatch, {CIFAR10_URL: tarball})
     with pytest.raises(DataError, match=message):
         load_dataset("cifar10")
@@ -422,7 +425,7 @@ def test_cifar_tarball_placed_in_cache_is_used_offline(
     (isolated / "cifar-10-python.tar.gz").write_bytes(tarball)
     with pytest.raises(DataError, match="does not match the official"):
         load_dataset("cifar10", download=False)
-    monkeypatch.setattr(data_mod, "CIFAR10_MD5", hashlib.md5(tarball).hexdigest())
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(tarball).hexdigest())
     ds = load_dataset("cifar10", download=False)
     assert ds.test_x.shape[0] == N_PER_BATCH
 
@@ -539,7 +542,7 @@ def test_fashion_download_with_mirror_fallback_and_checksums(
         blob = (src / (base + ".gz")).read_bytes()
         files[role] = (base, hashlib.md5(blob).hexdigest())
         content[data_mod.FASHION_MNIST_MIRRORS[1] + base + ".gz"] = blob  # only the 2nd mirror
-    monkeypatch.setattr(data_mod, "FASHION_MNIST_FILES", files)
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_FILES", files)
     calls = serve(monkeypatch, content)
     ds = load_dataset("fashion-mnist")
     assert ds.train_x.shape == (30, 1, 28, 28) and "downloaded" in ds.provenance

@@ -52,6 +52,16 @@ def save_run(out: Path, recipe: str, seed: int, accs: list[float], status: str |
                                                "telemetry: fc.activation"})
 
 
+def table_rows(text: str) -> dict[str, str]:
+    """The accuracy table's rows by recipe (the first rows so named: the cost table that
+    follows names recipes too)."""
+    rows: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split("|")[1].strip(), line)
+    return rows
+
+
 @pytest.fixture
 def study(tmp_path: Path) -> Path:
     for seed, acc in enumerate([0.75, 0.76, 0.77]):
@@ -72,10 +82,7 @@ def test_report_from_saved_runs(study: Path) -> None:
         for ext in ("png", "svg"):
             assert (study / f"{stem}.{ext}").stat().st_size > 1000
         assert f"]({stem}.png)" in text
-    row: dict[str, str] = {}
-    for line in text.splitlines():  # the accuracy table comes first, then the cost table
-        if line.startswith("| "):
-            row.setdefault(line.split("|")[1].strip(), line)
+    row = table_rows(text)
     assert "| 0,1,2 | 76.00 ± 1.00% | 76.00 ± 1.00% | +0.00 |" in row["fp32"]
     assert "| 60.00% | 62.00% | -16.00 | 1/2 done, 1/2 diverged<br>loss became nan" in row[
         "fxp12_sr"]
@@ -135,8 +142,7 @@ def test_runs_of_different_lengths_are_not_pooled(tmp_path: Path) -> None:
     sections = text.split("\n## ")[1:]
     assert [s.splitlines()[0] for s in sections] == ["digits / small_cnn / 2 epochs",
                                                      "digits / small_cnn / 3 epochs"]
-    rows = [{line.split("|")[1].strip(): line for line in s.splitlines() if line.startswith("| ")}
-            for s in sections]
+    rows = [table_rows(s) for s in sections]
     assert "| 0,1 | 71.00 ± 1.41% |" in rows[0]["fp32"] and "-31.00" in rows[0]["fxp12_sr"]
     assert "| 0,1 | 81.00 ± 1.41% |" in rows[1]["fp32"] and "-21.00" in rows[1]["fxp12_sr"]
     assert sections[0].startswith("digits / small_cnn / 2 epochs\n\n3 runs of 2 epochs")

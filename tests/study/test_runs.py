@@ -12,6 +12,7 @@ import torch
 from lowprec import recipes
 from lowprec.study import runs as experiment
 from lowprec.study.data import Dataset
+from lowprec.study.rundir import read_checkpoint
 from lowprec.study.runs import (
     CHECKPOINT,
     METRICS,
@@ -57,7 +58,7 @@ def comparable(metrics: list[dict]) -> list[dict]:
 
 
 def final_state(folder: Path) -> dict:
-    return torch.load(folder / CHECKPOINT, weights_only=True)
+    return read_checkpoint(folder)
 
 
 def assert_same_state(a: dict, b: dict) -> None:

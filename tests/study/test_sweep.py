@@ -20,6 +20,7 @@ from lowprec.numerics.formats import FixedPoint, FloatingPoint
 from lowprec.study import sweep_runner
 from lowprec.study.data import Dataset
 from lowprec.study.report import write_report
+from lowprec.study.rundir import LOCK, read_checkpoint
 from lowprec.study.runs import (
     CHECKPOINT,
     CONFIG,
@@ -155,7 +156,17 @@ BASE = 'datasets = "digits"\nmodels = "small_cnn"\n'
     (BASE + 'recipes = ["fp32"]\nseeds = [0, 0]', "seeds: 0 is listed twice"),
     (BASE + 'recipes = ["fp32"]\nepochs = 0', "epochs[0]: must be at least 1"),
     (BASE + 'recipes = ["fp32"]\nbatch_size = "64"', "batch_size: expected int, got '64'"),
-    (BASE + 'recipes = ["fp32"]\nlr = -1', "lr: must be positive"),
+    (BASE + 'recipes = ["fp32"]\nlr = -1', "lr: must be a finite number > 0"),
+    (BASE + 'recipes = ["fp32"]\nlr = nan', "lr: must be a finite number > 0, got nan"),
+    (BASE + 'recipes = ["fp32"]\nlr = inf', "lr: must be a finite number > 0, got inf"),
+    (BASE + 'recipes = ["fp32"]\nseeds = [0, 4294967296]', r"seeds[1]: 4294967296 is too large"),
+    (BASE + 'recipes = ["fp32"]\nseeds = -1', "seeds[0]: must be at least 0"),
+    (BASE + 'recipes = ["fp32"]\nname = ".."', "name: '..' cannot name a folder"),
+    (BASE + 'recipes = ["fp32"]\nname = "../x"', "name: '../x' cannot name a folder"),
+    (BASE + '[[recipe]]\nname = "../../escape"\nweight = "fp16"',
+     "recipe name '../../escape' cannot name a folder"),
+    (BASE + 'recipes = ["fp32"]\ndevice = "meta"', "runs train on 'cpu' or 'cuda' devices"),
+    (BASE + 'recipes = ["fp32"]\nx = ' + "[" * 2000 + "]" * 2000, "nested too deeply"),
     (BASE, "no recipes: give recipes = [...]"),
     (BASE + 'recipes = ["nope"]', "recipes[0]: unknown recipe 'nope'"),
     (BASE + 'recipes = ["fp32"]\n[[recipe]]\nname = "fp32"\nweight = "fp16"',
@@ -241,14 +252,14 @@ def snapshot(folder: Path) -> tuple[dict, list[dict], dict, dict]:
     the final parameters and optimizer state."""
     config = read_json(folder / CONFIG)
     config.pop("environment")
-    state = torch.load(folder / CHECKPOINT, weights_only=True)
+    state = read_checkpoint(folder)
     steps = comparable(read_steps(folder))
     return config, comparable(read_metrics(folder)), read_json(folder / STATUS), steps, state
 
 
 def assert_same_runs(out: Path, reference: Path, folders: list[str] = FOLDERS) -> None:
     for name in folders:
-        assert {p.name for p in (out / name).iterdir()} == FILES, name
+        assert {p.name for p in (out / name).iterdir() if p.name != LOCK} == FILES, name
         got, want = snapshot(out / name), snapshot(reference / name)
         assert got[:4] == want[:4], name
         for part in ("params", "model"):
@@ -268,6 +279,8 @@ def test_local_sweep_equals_sequential_runs_and_a_crash_stops_nothing(
     clash.mkdir(parents=True)
     config = read_json(reference / FOLDERS[1] / CONFIG)
     write_json(clash / CONFIG, {**config, "epochs": 5})
+    first = read_metrics(reference / FOLDERS[1])[0]
+    (clash / METRICS).write_text(json.dumps(first) + "\n")  # that run has started
     args = ["sweep", sweep_file, "--out", out, "--workers", one_thread_each(), "--quiet"]
 
     code, text, _ = run(capsys, *args)

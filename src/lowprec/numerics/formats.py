@@ -35,8 +35,11 @@ Rounding into a format lives in :mod:`lowprec.quantize`; the rounding modes in
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
@@ -82,7 +85,61 @@ class Format:
     magnitude ``a`` with binary exponent ``e = floor(log2 a)``, the spacing of
     representable magnitudes is ``2**max(e - man, qmin)`` where ``qmin`` is the
     exponent of the smallest spacing. Subclasses fill in the grid parameters.
+
+    As a table (recipe files, checkpoints): :meth:`to_dict` / :meth:`from_dict`, ``kind``
+    (:attr:`table_kind`) plus every constructor argument, explicit.
     """
+
+    #: the ``kind`` that names the class in a table; ``None``: not written as a table
+    table_kind: ClassVar[str | None] = None
+    _TABLE_KINDS: ClassVar[dict[str, type[Format]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("table_kind")
+        if kind is not None:
+            Format._TABLE_KINDS[kind] = cls
+
+    # -- tables --------------------------------------------------------------------------
+    @classmethod
+    def table_keys(cls) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``(required, optional)`` keys of the class's table besides ``kind``: the
+        dataclass constructor fields, required where they have no default."""
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        required = tuple(f.name for f in fields
+                         if f.default is MISSING and f.default_factory is MISSING)
+        return required, tuple(f.name for f in fields if f.name not in required)
+
+    def _table_value(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind": ..., <every constructor argument>: value}``; :meth:`from_dict` inverts it."""
+        if self.table_kind is None:
+            raise ParameterError(f"{self.name} cannot be written as a format table")
+        required, optional = self.table_keys()
+        return {"kind": self.table_kind, **{k: self._table_value(k) for k in required + optional}}
+
+    @staticmethod
+    def from_dict(table: Mapping[str, Any]) -> Format:
+        """The format a :meth:`to_dict` table describes (optional keys may be left out);
+        raises :class:`ParameterError` naming an unknown kind or key, or a missing key."""
+        if not isinstance(table, Mapping):
+            raise ParameterError(f"a format table must be a table, got {table!r}")
+        kind = table.get("kind")
+        cls = Format._TABLE_KINDS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise ParameterError(f"format kind={kind!r} is unknown; allowed: "
+                                 f"{list(Format._TABLE_KINDS)}")
+        required, optional = cls.table_keys()
+        unknown = sorted(set(table) - {"kind", *required, *optional})
+        if unknown:
+            raise ParameterError(f"unknown key(s) {unknown}; allowed: "
+                                 f"{['kind', *required, *optional]}")
+        missing = [k for k in required if k not in table]
+        if missing:
+            raise ParameterError(f"missing key(s) {missing}")
+        return cls(**{k: v for k, v in table.items() if k != "kind"})
 
     @property
     def bits(self) -> int:
@@ -210,6 +267,8 @@ class FixedPoint(Format):
     fraction bits (may be negative or exceed ``wl``: the scale is a power of two).
     """
 
+    table_kind: ClassVar[str | None] = "fixed"
+
     wl: int
     fl: int
 
@@ -285,6 +344,8 @@ class FloatingPoint(Format):
     NaN and zero results are ``+0`` (:attr:`negative_zero` is false).
     """
 
+    table_kind: ClassVar[str | None] = "float"
+
     exp: int
     man: int
     bias: int | None = None
@@ -297,6 +358,8 @@ class FloatingPoint(Format):
         _require_int("man", self.man, 0, 52)
         bias = 2 ** (self.exp - 1) - 1 if self.bias is None else _require_int("bias", self.bias)
         object.__setattr__(self, "_bias", bias)
+        if bias == 2 ** (self.exp - 1) - 1:  # the default, however given: equal formats
+            object.__setattr__(self, "bias", None)
         if self.specials not in SPECIALS:
             raise ValueError(f"specials={self.specials!r} is unknown; allowed: {SPECIALS}")
         if not isinstance(self.subnormals, bool):
@@ -322,6 +385,9 @@ class FloatingPoint(Format):
     def ebias(self) -> int:
         """The exponent bias actually used."""
         return self._bias
+
+    def _table_value(self, key: str) -> Any:
+        return self.ebias if key == "bias" else getattr(self, key)
 
     @property
     def emin(self) -> int:
@@ -472,6 +538,8 @@ class PowerOfTwo(FloatingPoint):
     specials="none")``, so it shares that class's encoding and rounding.
     """
 
+    table_kind: ClassVar[str | None] = "pow2"
+
     def __init__(self, exp_bits: int = 6, emax: int = 0) -> None:
         _require_int("exp_bits", exp_bits, 1, 11)
         _require_int("emax", emax)
@@ -480,6 +548,11 @@ class PowerOfTwo(FloatingPoint):
     @property
     def exp_bits(self) -> int:
         return self.exp
+
+    @classmethod
+    def table_keys(cls) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A power-of-two format's table: ``exp_bits`` and ``emax``, both required."""
+        return ("exp_bits", "emax"), ()
 
     def scaled_by(self, x: int) -> PowerOfTwo:
         return PowerOfTwo(self.exp_bits, self.emax + x)
@@ -502,6 +575,8 @@ class ScaleExponent(Format):
     ``2**-bias`` give ``2**-bias`` (there is no zero), and zero, negative inputs and NaN
     give NaN.
     """
+
+    table_kind: ClassVar[str | None] = "scale_exp"
 
     exp_bits: int = 8
     bias: int = 127

@@ -85,7 +85,7 @@ register(
     lambda: ScaledFormat(
         get("fp4_e2m1"),
         Scaling(granularity="block", block=16, axis=-1, scale_format="fp8_e4m3",
-                rounding="even", tensor_scale=True),
+                scale_rounding="even", tensor_scale=True),
     ),
     "NVIDIA NVFP4: E2M1 elements, blocks of 16 along the last axis, E4M3 block scales "
     "(nearest) under a float32 per-tensor scale amax / (448 * 6)",

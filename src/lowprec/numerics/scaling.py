@@ -11,7 +11,7 @@ or the largest of the last ``history`` recorded ones (``method="history"``), ``m
 the element format's largest value and ``emax = floor(log2(max))``:
 
 * ``scale_format="pow2"`` (default): ``s = 2**X``, ``X`` an E8M0-like exponent in
-  ``[-127, 127]``. ``rounding="floor"`` is the OCP MX rule ``X = floor(log2(amax)) - emax``
+  ``[-127, 127]``. ``scale_rounding="floor"`` is the OCP MX rule ``X = floor(log2(amax)) - emax``
   (the slice's top lands in the element's top binade; what exceeds ``max`` saturates);
   ``"ceil"`` the smallest ``X`` with ``amax / 2**X <= max`` (never saturates; this is
   ``X = ceil(log2(amax / max))``, NVIDIA's and torchao's "RCEIL" to our knowledge);
@@ -44,8 +44,9 @@ rounding; for float32 inputs it cannot change a nearest-mode result).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -61,6 +62,8 @@ __all__ = ["Scaling", "ScaleState", "ScaledFormat", "scaled_round"]
 GRANULARITIES = ("tensor", "channel", "block")
 METHODS = ("amax", "history")
 SCALE_ROUNDINGS = ("floor", "ceil", "even")
+DEPRECATED_ROUNDING = ("Scaling's 'rounding' is deprecated: it is 'scale_rounding' now (floor, "
+                       "ceil or even: how the scale is rounded; 'rounding' is the element's)")
 NAN_POLICIES = ("local", "block")
 EXP_MIN, EXP_MAX = -127, 127  # E8M0 exponent range (its 255th code is NaN)
 _FORMAT_MODE = {"floor": "down", "ceil": "up", "even": "nearest"}
@@ -137,17 +140,25 @@ class Scaling:
     block: int = 32
     scale_format: Format | str = "pow2"
     method: str = "amax"
-    rounding: str = "floor"
+    scale_rounding: str = "floor"
     margin: int = 0
     history: int = 16
     nan_policy: str = "local"
     tensor_scale: bool = False
     state: ScaleState | None = field(default=None, compare=False, repr=False)
+    #: deprecated spelling of ``scale_rounding`` (it collided with the element rounding)
+    rounding: InitVar[str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, rounding: str | None) -> None:
+        if rounding is not None:
+            warnings.warn(DEPRECATED_ROUNDING, DeprecationWarning, stacklevel=3)
+            if self.scale_rounding not in ("floor", rounding):
+                raise ValueError(f"rounding={rounding!r} and scale_rounding="
+                                 f"{self.scale_rounding!r}: give only scale_rounding")
+            object.__setattr__(self, "scale_rounding", rounding)
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("method", self.method, METHODS)
-        _choice("rounding", self.rounding, SCALE_ROUNDINGS)
+        _choice("scale_rounding", self.scale_rounding, SCALE_ROUNDINGS)
         _choice("nan_policy", self.nan_policy, NAN_POLICIES)
         _require_int("axis", self.axis)
         _require_int("block", self.block, 1)
@@ -248,9 +259,9 @@ def _pow2_exponent(amax: torch.Tensor, fmt: Format, s: Scaling) -> torch.Tensor:
     x = (e.to(torch.float64) - 1 - emax)
     mi = torch.ldexp(m, torch.tensor(53.0, dtype=m.dtype, device=m.device)).to(torch.int64)
     ci = int(math.ldexp(fmt.max, 52 - emax))  # c * 2**53
-    if s.rounding == "ceil":
+    if s.scale_rounding == "ceil":
         x = x + (mi > ci).to(x.dtype)
-    elif s.rounding == "even":  # amax/max in (2**(Xf-1), 2**Xf) or [2**Xf, 2**(Xf+1))
+    elif s.scale_rounding == "even":  # amax/max in (2**(Xf-1), 2**Xf) or [2**Xf, 2**(Xf+1))
         top = mi >= ci
         mid2, mid = torch.where(top, 2 * mi, 4 * mi), 3 * ci  # compared with the midpoint
         lo = torch.where(top, x, x - 1)
@@ -268,9 +279,9 @@ def _pow2_exponent_of(amax: float, fmt: Format, s: Scaling) -> int:
     emax = _emax(fmt)
     m, e = math.frexp(amax)
     x, mi, ci = e - 1 - emax, int(math.ldexp(m, 53)), int(math.ldexp(fmt.max, 52 - emax))
-    if s.rounding == "ceil":
+    if s.scale_rounding == "ceil":
         x += mi > ci
-    elif s.rounding == "even":
+    elif s.scale_rounding == "even":
         lo, mid2 = (x, 2 * mi) if mi >= ci else (x - 1, 4 * mi)
         x = lo + (mid2 > 3 * ci or (mid2 == 3 * ci and lo % 2 == 1))
     return min(max(x + s.margin, EXP_MIN), EXP_MAX)
@@ -298,7 +309,7 @@ def _format_scale(amax: torch.Tensor, fmt: Format, s: Scaling) -> torch.Tensor:
         g = (amax.amax() / (sfmt.max * fmt.max)).to(torch.float32).to(torch.float64)
         g = torch.where((g > 0) & torch.isfinite(g), g, 1.0)
     target = (amax * math.ldexp(1.0, s.margin) / (fmt.max * g)).reshape(-1).clone()
-    sc = round_to_format(target, sfmt, _FORMAT_MODE[s.rounding], overflow="saturate")
+    sc = round_to_format(target, sfmt, _FORMAT_MODE[s.scale_rounding], overflow="saturate")
     return torch.where(sc > 0, sc, sfmt.min_subnormal).view(amax.shape) * g
 
 
@@ -322,10 +333,11 @@ def _view(x: torch.Tensor, s: Scaling) -> tuple[
         return x, dims, lambda t: t, lambda t: t.reshape(-1)
     xt = x.movedim(axis, -1)
     n = xt.shape[-1]
-    nb = -(-n // s.block)
-    pad = nb * s.block - n
+    size = max(1, min(s.block, n))  # a block longer than the axis is padded no further
+    nb = -(-n // size)
+    pad = nb * size - n
     padded = F.pad(xt, (0, pad)) if pad else xt  # zeros change no amax
-    xb = padded.reshape(*xt.shape[:-1], nb, s.block)
+    xb = padded.reshape(*xt.shape[:-1], nb, size)
 
     def back(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(padded.shape)[..., :n].movedim(-1, axis)

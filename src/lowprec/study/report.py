@@ -13,7 +13,10 @@ also gets :mod:`lowprec.sweep_report`'s section first.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,6 +80,8 @@ class Summary:
         states = ("done", "diverged", "incomplete")
         counts = {s: sum(r.state == s for r in self.runs) for s in states}
         parts = [f"{n}/{len(self.runs)} {s}" for s, n in counts.items() if n]
+        collapsed = sum(r.collapsed for r in self.runs)
+        parts += [f"{collapsed}/{len(self.runs)} collapsed to chance"] if collapsed else []
         reasons = sorted({r.status["reason"] for r in self.runs if r.state == "diverged"})
         return ", ".join(parts) + "".join(f"<br>{_md_escape(x)}" for x in reasons)
 
@@ -90,8 +95,9 @@ def _ordered(recipes: Sequence[str]) -> list[str]:
     return study + sorted(set(recipes) - set(study))
 
 
-#: a group of runs: ``(data set, model)``, or ``(data set, model, epochs)`` when the runs
-#: of that data set and model differ in their number of epochs (:func:`_lengths_differ`)
+#: a group of runs: ``(data set, model)``, then the number of epochs when the runs of that
+#: data set and model differ in it (:func:`_lengths_differ`), then a solver label
+#: (:func:`_solver_label`) when they differ in their solver
 GroupKey = tuple[Any, ...]
 
 
@@ -106,22 +112,40 @@ def _lengths_differ(runs: list[Run]) -> bool:
     return len(finished) > 1 or any(len(n) > 1 for n in per_seed.values())
 
 
+def _solver_label(run: Run) -> str:
+    """``"lr 0.05, batch 100, solver 1a2b3c"``: the learning rate, batch size and a digest of
+    the whole solver (runs with different solvers are never compared as seeds)."""
+    solver = run.config["solver"]
+    digest = hashlib.sha256(json.dumps(solver, sort_keys=True).encode()).hexdigest()[:6]
+    return f"lr {solver.get('lr', '?'):g}, batch {run.config['batch_size']}, solver {digest}"
+
+
 def _group(runs: list[Run]) -> dict[GroupKey, dict[str, Summary]]:
-    """Runs by group and recipe: finished runs of different lengths are never pooled as seeds."""
+    """Runs by group and recipe: runs of different lengths or solvers are never pooled."""
     by_model: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         by_model.setdefault((run.config["dataset"], run.config["model"]), []).append(run)
     split = {key for key, rs in by_model.items() if _lengths_differ(rs)}
+    mixed = {key for key, rs in by_model.items() if len({_solver_label(r) for r in rs}) > 1}
     by_key: dict[GroupKey, dict[str, list[Run]]] = {}
     for run in runs:
-        key: GroupKey = (run.config["dataset"], run.config["model"])
-        if key in split:
+        base = (run.config["dataset"], run.config["model"])
+        key: GroupKey = base
+        if base in split:
             key = (*key, run.config["epochs"])
+        if base in mixed:
+            key = (*key, _solver_label(run))
         by_key.setdefault(key, {}).setdefault(run.recipe, []).append(run)
     return {
         key: {r: Summary(r, sorted(rs[r], key=lambda x: x.config["seed"])) for r in _ordered(rs)}
         for key, rs in sorted(by_key.items())
     }
+
+
+def _title(key: GroupKey) -> str:
+    """``digits / small_cnn / 8 epochs / lr 0.05, ...``."""
+    extra = [f"{k} epochs" if isinstance(k, int) else str(k) for k in key[2:]]
+    return " / ".join([*map(str, key[:2]), *extra])
 
 
 # -- the study's claims ---------------------------------------------------------------------
@@ -380,7 +404,7 @@ def _table(s: dict[str, Summary]) -> list[str]:
 
 def _group_section(key: GroupKey, s: dict[str, Summary], folder: Path,
                    suffix: str) -> list[str]:
-    dataset, model = key[:2]
+    model = key[1]
     runs = [r for sm in s.values() for r in sm.runs]
     cfg = runs[0].config
     provenance = sorted({r.config["data"]["provenance"] for r in runs})
@@ -390,7 +414,7 @@ def _group_section(key: GroupKey, s: dict[str, Summary], folder: Path,
     rates = _error_rates(s)
     telem = _telemetry_plot(rates, folder, f"telemetry{suffix}")
     out = [
-        f"## {dataset} / {model}" + (f" / {key[2]} epochs" if len(key) > 2 else ""),
+        f"## {_title(key)}",
         "",
         f"{len(runs)} runs of {'/'.join(map(str, epochs))} epochs, batch {cfg['batch_size']}, "
         f"solver: {_solver_text(cfg['solver'])}.",
@@ -455,8 +479,9 @@ def write_report(folder: str | Path) -> Path:
     ]
     lines += sweep_report.section(folder, runs)  # nothing unless folder holds a sweep
     for key, s in groups.items():
-        suffix = "" if len(groups) == 1 else f"-{key[0]}-{key[1]}" + (
-            f"-epochs{key[2]}" if len(key) > 2 else "")
+        suffix = "" if len(groups) == 1 else "".join(
+            f"-epochs{k}" if isinstance(k, int) else "-" + re.sub(r"[^A-Za-z0-9._]+", "-", k)
+            for k in key)
         lines += _group_section(key, s, folder, suffix)
     path = folder / "report.md"
     write_text(path, "\n".join(lines))

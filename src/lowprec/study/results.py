@@ -12,7 +12,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .runs import CONFIG, STATUS, atomic_write, read_json, read_metrics
+from ..train.files import atomic_write
+from .rundir import CONFIG, finished_status, read_config, read_metrics
 
 __all__ = ["Run", "load_runs", "mean_std", "save_figure"]
 
@@ -47,13 +48,21 @@ class Run:
         return max(m["test_acc"] for m in self.metrics) if done else None
 
 
+    @property
+    def collapsed(self) -> bool:
+        """A finished run whose final accuracy is at chance level (``status.json``)."""
+        return bool(self.status and self.status.get("collapsed"))
+
+
 def load_runs(folder: str | Path) -> list[Run]:
-    """Every run folder (one holding ``config.json``) below ``folder``, sorted by path."""
+    """Every run folder (one holding ``config.json``) below ``folder``, sorted by path; a
+    damaged file raises :class:`~.rundir.RunError` naming it."""
     runs = []
     for cfg in sorted(Path(folder).rglob(CONFIG)):
-        status = cfg.with_name(STATUS)
-        runs.append(Run(cfg.parent, read_json(cfg), read_metrics(cfg.parent),
-                        read_json(status) if status.exists() else None))
+        config = read_config(cfg.parent)
+        epochs = config["epochs"]
+        status = finished_status(cfg.parent, epochs)
+        runs.append(Run(cfg.parent, config, read_metrics(cfg.parent, epochs), status))
     return runs
 
 

@@ -16,8 +16,11 @@
                      (:mod:`lowprec.study.steplog`); ``tensorboard/``: the same as
                      TensorBoard events, with ``tensorboard=True``
 ``checkpoint.pt``    the state after the last finished epoch: model, optimizer, RNG
-                     states (torch, data order, stochastic rounding), epoch, metrics
-``status.json``      written last: ``{"status": "done", ...}`` or
+                     states (torch, data order, stochastic rounding), epoch, metrics,
+                     behind a header with its SHA-256 and the digest of the run's
+                     configuration (``docs/checkpoint-format.md``)
+``status.json``      written last: ``{"status": "done", ...}`` (``"collapsed": true``
+                     and a ``reason`` when the final test accuracy is at chance level) or
                      ``{"status": "diverged", "reason": ...}``
 ===================  ===================================================================
 
@@ -26,9 +29,12 @@ then ``os.replace``), so an interruption leaves either the old or the new versio
 Calling :func:`train_run` again skips a run with a ``status.json`` and resumes one
 with a checkpoint from the epoch after it, restoring every random state, so that it
 ends with the same weights and metrics as an uninterrupted run. The configuration must
-match (a different one raises :class:`RunError`). Accuracies are fractions in [0, 1] and
-losses cross-entropies (nats), per prediction: per image, or per character for the language
-models (``--dataset text``, :mod:`lowprec.study.text`; perplexity ``exp(test_loss)``).
+match (a different one raises :class:`RunError`; ``restart=True`` starts over). Every
+file read is checked (:mod:`.rundir`): a damaged, foreign or inconsistent one raises
+:class:`RunError` naming it. A process writing a run folder holds its lock
+(``.lock``). Accuracies are fractions in [0, 1] and losses cross-entropies (nats), per
+prediction: per image, or per character for the language models (``--dataset text``,
+:mod:`lowprec.study.text`; perplexity ``exp(test_loss)``).
 JSON files write non-finite floats as ``NaN``/``Infinity`` (Python's ``json``).
 
 Inside a torch.distributed process group (``torchrun ... lowprec train --ddp``) the run is
@@ -44,14 +50,12 @@ import json
 import math
 import os
 import platform
-import secrets
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +64,33 @@ from tqdm.auto import tqdm
 
 from ..train import prepare as training
 from ..train.distributed import World, current
+from ..train.files import atomic_write, remove_temporary_files
 from ..train.recipe import TENSOR_CLASSES, Recipe
 from .data import Dataset
 from .models import SolverConfig, build_for_data, check_inputs, default_solver
 from .progress import bar as progress_bar
+from .rundir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    STATUS,
+    RunError,
+    check_or_write_config,
+    clear,
+    collapse_note,
+    finished_status,
+    identity,
+    identity_digest,
+    inside,
+    load_checkpoint,
+    locked,
+    read_json,
+    read_metrics,
+    save_checkpoint,
+    validate_spec,
+    write_json,
+    write_text,
+)
 from .steplog import StepLog
 from .text import TextDataset, load_text
 
@@ -87,52 +114,12 @@ __all__ = [
     "write_text",
 ]
 
-CONFIG, METRICS, CHECKPOINT, STATUS = "config.json", "metrics.jsonl", "checkpoint.pt", "status.json"
-#: config entries that decide the numbers: a rerun must match them to resume
-#: (``world_size`` is absent for one process)
-IDENTITY = ("dataset", "model", "recipe", "seed", "epochs", "batch_size", "solver", "world_size")
 #: a data set: images (:class:`Dataset`) or token windows (:class:`TextDataset`)
 Data = Dataset | TextDataset
 
 
-class RunError(RuntimeError):
-    """A run folder cannot be used as asked (e.g. it holds another configuration)."""
-
-
 # -- atomic files ---------------------------------------------------------------------------
 
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write(fh)`` on a temporary file next to ``path``, then move it onto ``path``.
-
-    On any failure the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Atomically write UTF-8 text."""
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file."""
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -153,10 +140,14 @@ class RunSpec:
     device: str = "cpu"
     telemetry_every: int = 10
 
+    def __post_init__(self) -> None:
+        validate_spec(self)
+
     @property
     def name(self) -> str:
         """The run folder's name: ``<dataset>-<model>-<recipe>-s<seed>``."""
         return f"{self.dataset}-{self.model}-{self.recipe.name or 'custom'}-s{self.seed}"
+
 
 
 def solver_for(spec: RunSpec) -> SolverConfig:
@@ -227,32 +218,6 @@ def resolve_config(spec: RunSpec, dataset: Data, world_size: int | None = None
         },
         "environment": environment(spec.device),
     }
-
-
-def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's numbers; the recipe as the current schema reads it
-    (so a field added later with its default does not make an old run look different)."""
-    ident = json.loads(json.dumps({k: config.get(k) for k in IDENTITY}))
-    ident["recipe"] = Recipe.from_dict(ident["recipe"], "config.json").to_dict()
-    defaults = {f.name: f.default for f in dataclasses.fields(SolverConfig)
-                if f.default is not dataclasses.MISSING}
-    ident["solver"] = {**json.loads(json.dumps(defaults)), **(ident["solver"] or {})}
-    return ident
-
-
-def _check_or_write_config(folder: Path, config: dict[str, Any], write: bool) -> None:
-    path = folder / CONFIG
-    if not path.exists():
-        if write:
-            write_json(path, config)
-        return
-    old, new = _identity(read_json(path)), _identity(config)
-    diff = [k for k in IDENTITY if old[k] != new[k]]
-    if diff:
-        raise RunError(
-            f"{folder} holds a run with another configuration (differs in: {', '.join(diff)}); "
-            "use another --out folder or delete that run folder"
-        )
 
 
 # -- telemetry and divergence ---------------------------------------------------------------
@@ -382,9 +347,6 @@ class _Session:
     @classmethod
     def start(cls, spec: RunSpec, dataset: Data, epochs: int, world: World) -> _Session:
         solver = solver_for(spec)
-        if solver.batch_size < world.size:
-            raise ValueError(f"batch size {solver.batch_size} is below the world size "
-                             f"{world.size}: every rank needs a share of each batch")
         model = training.prepare(_build(spec, dataset), spec.recipe, seed=spec.seed,
                                  telemetry_every=spec.telemetry_every,
                                  rank=world.rank if world.parallel else None)
@@ -490,13 +452,6 @@ def _write_metrics(folder: Path, history: list[dict[str, Any]]) -> None:
     write_text(folder / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
 
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run folder (empty if none yet)."""
-    path = folder / METRICS
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def worst_error_underflow(telemetry: dict[str, dict[str, float]]) -> tuple[str, float] | None:
     """The layer whose errors underflowed most, and that fraction (None: no error telemetry)."""
     errors = {k.removesuffix(".error"): s["underflow"] for k, s in telemetry.items()
@@ -516,20 +471,33 @@ def summary_line(name: str, record: dict[str, Any], epochs: int) -> str:
             f"{record['seconds']:.1f} s, worst error underflow {uf}")
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda fh: torch.save(state, fh))
+def _resume(session: _Session, folder: Path, identity: str, epochs: int
+            ) -> list[dict[str, Any]]:
+    """Load the checkpoint (verified, :func:`~.rundir.load_checkpoint`) into ``session``;
+    returns its metrics."""
+    path = folder / CHECKPOINT
+    state = load_checkpoint(path, identity, epochs)
+    try:
+        session.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise RunError(f"{path}: does not fit this run's model or optimizer "
+                       f"({type(exc).__name__}: {str(exc)[:300]}); rerun with --restart") from None
+    return state["metrics"]
 
 
 def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Data, *,
               quiet: bool = False, max_epochs: int | None = None,
-              tensorboard: bool = False) -> RunResult:
+              restart: bool = False, tensorboard: bool = False) -> RunResult:
     """Train ``spec`` into ``out/<spec.name>/``, resuming or skipping as the folder says.
 
     ``dataset`` must be normalised as the model's solver asks (:func:`load_data`).
     ``max_epochs`` stops this call after that many new epochs (status ``"paused"``).
-    ``tensorboard`` also writes the per-step and per-epoch scalars as TensorBoard events
-    (:mod:`lowprec.study.steplog`). In a process group every rank calls it; only rank 0
-    writes files and prints.
+    ``restart`` removes the run's files first and trains from the first epoch.
+    Everything that can be checked is checked before anything is written; the folder is
+    locked (:func:`~.rundir.locked`) while this writes it, and stale temporary files of a
+    killed writer are removed. In a process group every rank calls it; only rank 0 writes
+    files and prints. ``tensorboard`` also writes the per-step and per-epoch scalars as
+    TensorBoard events (:mod:`lowprec.study.steplog`).
     """
     world = current()
     quiet = quiet or not world.main
@@ -538,20 +506,36 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Data, *,
     if dataset.normalize != solver.normalize:
         raise ValueError(f"{spec.model} expects data normalised {solver.normalize!r}, "
                          f"got {dataset.normalize!r}")
-    folder = Path(out) / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
+    if not world.size <= solver.batch_size <= len(dataset):
+        raise ValueError(f"batch size {solver.batch_size} must be between the world size "
+                         f"{world.size} and the {len(dataset)} training images of "
+                         f"{dataset.name}; choose another --batch-size")
+    folder = inside(out, spec.name)
     config = resolve_config(spec, dataset, world.size if world.parallel else None)
-    _check_or_write_config(folder, config, write=world.main)
-    if (folder / STATUS).exists():
-        status = read_json(folder / STATUS)
-        return RunResult(folder, status["status"], status["reason"], read_metrics(folder), True)
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder) if world.main else contextlib.nullcontext():
+        if world.main:
+            remove_temporary_files(folder)
+            if restart:
+                clear(folder)
+        return _train(spec, folder, dataset, config, world, quiet, max_epochs, restart,
+                      tensorboard)
+
+
+def _train(spec: RunSpec, folder: Path, dataset: Data, config: dict[str, Any], world: World,
+           quiet: bool, max_epochs: int | None, fresh: bool, tensorboard: bool) -> RunResult:
+    """:func:`train_run` in its checked, locked folder (``fresh``: ignore its files)."""
+    check_or_write_config(folder, config, write=world.main)
     epochs = config["epochs"]
+    status = None if fresh else finished_status(folder, epochs)
+    if status is not None:
+        return RunResult(folder, status["status"], status["reason"],
+                         read_metrics(folder, epochs), True)
+    digest = identity_digest(identity(config))
     session = _Session.start(spec, dataset, epochs, world)
     history: list[dict[str, Any]] = []
-    if (folder / CHECKPOINT).exists():
-        state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
-        session.load_state_dict(state)
-        history = state["metrics"]
+    if not fresh and (folder / CHECKPOINT).exists():
+        history = _resume(session, folder, digest, epochs)
     if world.main:
         _write_metrics(folder, history)  # drops any line written after the checkpoint
     stop = epochs if max_epochs is None else min(epochs, len(history) + max_epochs)
@@ -575,21 +559,22 @@ def train_run(spec: RunSpec, out: str | os.PathLike[str], dataset: Data, *,
             history.append(record)
             log.epoch(record)  # its steps are durable before its checkpoint
             if world.main:
-                _save_checkpoint(folder / CHECKPOINT,
-                                 {**session.state_dict(), "epoch": epoch + 1, "metrics": history})
+                save_checkpoint(folder / CHECKPOINT, {**session.state_dict(), "epoch": epoch + 1,
+                                                      "metrics": history}, digest)
                 _write_metrics(folder, history)
             bar.update()
             if not quiet:
                 tqdm.write(summary_line(spec.name, record, epochs))
     if len(history) < epochs:
         return RunResult(folder, "paused", f"stopped after epoch {len(history)}/{epochs}", history)
+    collapsed = collapse_note(history, dataset.num_classes)
     if world.main:
         write_json(folder / STATUS, {
-            "status": "done", "reason": None, "epochs_completed": epochs,
-            "final_test_acc": history[-1]["test_acc"],
+            "status": "done", "reason": collapsed, "collapsed": collapsed is not None,
+            "epochs_completed": epochs, "final_test_acc": history[-1]["test_acc"],
             "best_test_acc": max(r["test_acc"] for r in history),
         })
-    return RunResult(folder, "done", None, history)
+    return RunResult(folder, "done", collapsed, history)
 
 
 def load_data(dataset: str, model: str, data_dir: str | os.PathLike[str] | None = None

@@ -6,7 +6,7 @@ runs are the cartesian product of the axes, one :class:`~lowprec.experiment.RunS
     name = "fp-split"                 # optional (default: the file's stem)
     datasets = "digits"               # axis, required: data set names (lowprec.data.DATASETS)
     models = "small_cnn"              # axis, required: model names (lowprec.models.MODELS)
-    seeds = [0, 1, 2]                 # axis (default 0)
+    seeds = [0, 1, 2]                 # axis (default 0): integers in [0, 2**32)
     epochs = 8                        # axis (default: the solver's reference length)
     batch_size = 64                   # fixed settings, as lowprec train's options (optional)
     lr = 0.05
@@ -49,8 +49,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Mapping
@@ -61,11 +61,12 @@ from typing import Any
 import torch
 
 from ..numerics import presets as formats
-from ..numerics.formats import FixedPoint, FloatingPoint, Format
+from ..numerics.formats import Format
 from ..train import recipes
 from ..train.recipe import QuantSpec, Recipe
 from .data import DATASETS
 from .models import MODELS
+from .rundir import SEEDS, RunError, check_name
 from .runs import RunSpec
 
 if sys.version_info >= (3, 11):
@@ -83,7 +84,6 @@ _SPLITS = {
     "float_split": ("float", ("exp", "man"), ("bits", "subnormals", "specials")),
     "fixed_split": ("fixed", ("wl", "fl"), ()),
 }
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
 class SweepError(ValueError):
@@ -113,15 +113,11 @@ class Variant:
     @property
     def formats(self) -> str:
         """The recipe's formats, preset names where they are presets: ``"fp12"``."""
-        labels = dict.fromkeys(_format_label(s.format) for s in self._specs())
+        labels = dict.fromkeys(formats.name_of(s.format) for s in self._specs())
         return "/".join(labels) or "fp32"
 
     def _specs(self) -> list[QuantSpec]:
         return [s for s in self.recipe.specs().values() if s is not None]
-
-
-def _format_label(fmt: Format) -> str:
-    return next((n for n in formats.names() if formats.get(n) == fmt), fmt.name)
 
 
 @dataclass(frozen=True)
@@ -167,6 +163,8 @@ class Sweep:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SweepError(f"{source}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise SweepError(f"{source}: nested too deeply to parse") from None
         return dataclasses.replace(cls.from_dict(data, source, default_name), text=text)
 
     @classmethod
@@ -180,25 +178,31 @@ class Sweep:
 
 
 def _name(d: Mapping[str, Any], default: str) -> str:
-    name = d.get("name", default)
-    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
-        raise SweepError(f"name: {name!r} cannot name the default output folder; set "
-                         "name = \"...\" with letters, digits and _ . + -")
-    return name
+    try:
+        return check_name(d.get("name", default), "name:")
+    except RunError as exc:
+        raise SweepError(f"{exc}; set name = \"...\"") from None
 
 
 def _expand(d: Mapping[str, Any]) -> list[SweepRun]:
     _check_keys(d, _KEYS, "")
     datasets = _axis(d, "datasets", str, choices=DATASETS)
     models = _axis(d, "models", str, choices=MODELS)
-    seeds = _axis(d, "seeds", int, default=0)
+    seeds = _axis(d, "seeds", int, default=0, low=0)
+    for i, seed in enumerate(seeds):
+        if seed >= SEEDS:
+            raise SweepError(f"seeds[{i}]: {seed} is too large; seeds are integers in "
+                             "[0, 2**32)")
     epochs = _axis(d, "epochs", int, default=None, low=1)
     settings = _settings(d)
     variants = _variants(d)
     runs = []
     for dataset, model, n, variant, seed in itertools.product(
             datasets, models, epochs, variants, seeds):
-        spec = RunSpec(dataset, model, variant.recipe, seed, n, **settings)
+        try:
+            spec = RunSpec(dataset, model, variant.recipe, seed, n, **settings)
+        except ValueError as exc:  # RunSpec's other checks
+            raise SweepError(f"{variant.source}, seed {seed}: {exc}") from None
         folder = f"epochs{n}/{spec.name}" if len(epochs) > 1 else spec.name
         runs.append(SweepRun(spec, folder, variant))
     return runs
@@ -255,8 +259,8 @@ def _settings(d: Mapping[str, Any]) -> dict[str, Any]:
         if key in d:
             _check_type(d[key], kind, key, low)
             out[key] = d[key]
-    if "lr" in out and out["lr"] <= 0:
-        raise SweepError(f"lr: must be positive, got {out['lr']!r}")
+    if "lr" in out and not (math.isfinite(out["lr"]) and out["lr"] > 0):
+        raise SweepError(f"lr: must be a finite number > 0, got {out['lr']!r}")
     if "device" in out:
         try:
             torch.device(out["device"])
@@ -288,9 +292,10 @@ def _variants(d: Mapping[str, Any]) -> list[Variant]:
         if name in seen:
             raise SweepError(f"recipe name {name!r} comes from both {seen[name]} and {v.source}; "
                              "run folders are named after recipes: rename one")
-        if not _SAFE_NAME.fullmatch(name):
-            raise SweepError(f"{v.source}: recipe name {name!r} cannot name a folder; use "
-                             "letters, digits and _ . + -")
+        try:
+            check_name(name, f"{v.source}: recipe name")
+        except RunError as exc:
+            raise SweepError(str(exc)) from None
         seen[name] = v.source
     return variants
 
@@ -398,16 +403,14 @@ def _split_classes(template: Recipe, classes: Any, where: str) -> list[str]:
 
 def _with_format(template: Recipe, classes: list[str], kind: str, params: dict[str, int],
                  options: dict[str, Any]) -> Recipe:
-    """``template`` with the format of ``classes`` replaced, rounding and scaling kept."""
+    """``template`` with the format of ``classes`` replaced, rounding and scaling kept; a
+    float split keeps the other settings of the class's float format (not its bias)."""
     changes = {}
     for cls in classes:
         spec = getattr(template, cls)
-        if kind == "fixed":
-            fmt: Format = FixedPoint(params["wl"], params["fl"])
-        else:
-            old = spec.format
-            keep = ({"subnormals": old.subnormals, "specials": old.specials}
-                    if type(old) is FloatingPoint else {})
-            fmt = FloatingPoint(params["exp"], params["man"], **{**keep, **options})
+        old = spec.format
+        kept = old.to_dict() if kind == "float" and old.table_kind == kind else {}
+        kept.pop("bias", None)
+        fmt = Format.from_dict({**kept, "kind": kind, **params, **options})
         changes[cls] = dataclasses.replace(spec, format=fmt)
     return template.replace(**changes)

@@ -29,7 +29,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .results import Run, mean_std, save_figure
-from .runs import read_json
+from .rundir import RunError, read_json
 from .sweep_runner import PROBLEMS, SUMMARY
 
 __all__ = ["Point", "section"]
@@ -258,13 +258,27 @@ def _group_lines(key: tuple[str, str, Any], group: Group, folder: Path, suffix: 
     return lines
 
 
+def _read_summary(path: Path) -> dict[str, Any]:
+    """``sweep.json``, checked to hold what the report reads; :class:`RunError` naming it."""
+    summary = read_json(path, dict)
+    runs = summary.get("runs")
+    keys = ("folder", "status", "dataset", "model", "epochs", "recipe", "seed", "bits",
+            "formats", "family", "kind", "params")
+    ok = (isinstance(summary.get("name"), str) and "file" in summary and isinstance(runs, list)
+          and all(isinstance(r, dict) and all(k in r for k in keys) for r in runs))
+    if not ok:
+        raise RunError(f"{path}: not a lowprec sweep summary (expected name and runs with "
+                       f"{list(keys)}); rerun the sweep to rewrite it, or delete it")
+    return summary
+
+
 def section(folder: str | Path, runs: list[Run]) -> list[str]:
     """The sweep's report section (Markdown lines; plots written into ``folder``), or
     nothing when ``folder`` has no ``sweep.json``."""
     folder = Path(folder)
     if not (folder / SUMMARY).exists():
         return []
-    summary = read_json(folder / SUMMARY)
+    summary = _read_summary(folder / SUMMARY)
     by_folder = {r.path.relative_to(folder).as_posix(): r for r in runs}
     points = [Point(rec, by_folder.get(rec["folder"])) for rec in summary["runs"]]
     counts = Counter(p.status for p in points)

@@ -24,12 +24,14 @@ so those resume from their last finished epoch. Workers import this module to ru
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import multiprocessing
 import os
 import signal
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -43,16 +45,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..train.files import atomic_write, remove_temporary_files
 from .data import Dataset
 from .progress import bar
+from .rundir import locked, read_status
 from .runs import (
     CHECKPOINT,
     CONFIG,
     STATUS,
     RunSpec,
-    atomic_write,
     load_data,
-    read_json,
     train_run,
     write_json,
 )
@@ -89,6 +91,7 @@ class Task:
     data_dir: str | None = None
     max_epochs: int | None = None
     threads: int = 1
+    restart: bool = False
     tensorboard: bool = False
 
 
@@ -120,7 +123,7 @@ class Outcome:
         if self.status == "paused":
             return f"{self.folder}: paused after epoch {self.epochs}{acc} (rerun to continue)"
         done = "already finished" if self.skipped else f"done in {self.seconds:.1f} s"
-        return f"{self.folder}: {done}{acc}"
+        return f"{self.folder}: {done}{acc}" + (f" ({self.reason})" if self.reason else "")
 
 
 @functools.lru_cache(maxsize=2)
@@ -138,7 +141,7 @@ def run_one(task: Task) -> Outcome:
         data = _data(task.spec.dataset, task.spec.model, task.data_dir)
         out = Path(task.root, task.folder).parent
         result = train_run(task.spec, out, data, quiet=True, max_epochs=task.max_epochs,
-                           tensorboard=task.tensorboard)
+                           restart=task.restart, tensorboard=task.tensorboard)
     except Exception as exc:
         return Outcome.failed(task.folder, exc, time.perf_counter() - start)
     acc = result.metrics[-1]["test_acc"] if result.metrics else None
@@ -163,16 +166,35 @@ def default_workers(sweep: Sweep) -> int:
     return max(1, min(len(sweep.runs), _cores()))
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the driver, which terminates them."""
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init(driver: int) -> None:
+    """Workers leave Ctrl-C to the driver, which terminates them, and die with the driver
+    however it dies (SIGKILL included): on Linux the kernel sends them SIGTERM when it
+    exits (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread polls the parent's pid."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(driver,), daemon=True).start()
+    if os.getppid() != driver:  # the driver died before the line above took effect
+        os._exit(1)
+
+
+def _watch_parent(driver: int) -> None:
+    while os.getppid() == driver:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _remove_temporary_files(tasks: Iterable[Task]) -> None:
-    """Remove what terminated workers were writing: ``atomic_write``'s ``.<name>.*.tmp``."""
+    """Remove what terminated workers were writing (:func:`atomic_write`'s files)."""
     for task in tasks:
-        for tmp in Path(task.root, task.folder).glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        remove_temporary_files(Path(task.root, task.folder))
 
 
 def _result(future: Future[Outcome], task: Task) -> Outcome:
@@ -189,7 +211,7 @@ def _local(tasks: list[Task], workers: int) -> Iterator[Outcome]:
     finished epoch)."""
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_ignore_sigint)
+                               initializer=_worker_init, initargs=(os.getpid(),))
     procs: list[multiprocessing.process.BaseProcess] = []
     futures: dict[Future[Outcome], Task] = {}
     try:
@@ -312,14 +334,14 @@ def _ray(tasks: list[Task], opts: RayOptions) -> Iterator[Outcome]:
 class _Summary:
     """``sweep.json``: the sweep and each run's status, rewritten atomically on updates."""
 
-    def __init__(self, out: Path, sweep: Sweep, backend: str) -> None:
+    def __init__(self, out: Path, sweep: Sweep, backend: str, fresh: bool = False) -> None:
         self.path = out / SUMMARY
         self.head = {"name": sweep.name, "file": sweep.file, "backend": backend,
                      "sweep_toml": sweep.text}
         self.runs = {r.folder: r.record() for r in sweep.runs}
         for folder, record in self.runs.items():
-            if (out / folder / STATUS).exists():
-                status = read_json(out / folder / STATUS)
+            status = None if fresh else read_status(out / folder)
+            if status is not None:
                 record.update(status=status["status"], reason=status["reason"])
 
     def update(self, outcome: Outcome) -> None:
@@ -342,8 +364,8 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike[str], *, backend: str = "loca
               workers: int | None = None, data_dir: str | None = None,
               max_epochs: int | None = None, quiet: bool = False,
               ray_options: RayOptions | None = None,
-              say: Callable[[str], None] = tqdm.write, tensorboard: bool = False
-              ) -> list[Outcome]:
+              say: Callable[[str], None] = tqdm.write, restart: bool = False,
+              tensorboard: bool = False) -> list[Outcome]:
     """Run every run of ``sweep`` into ``out`` with ``backend`` (``"local"`` or ``"ray"``),
     keeping ``out/sweep.json``; returns the outcomes in the sweep's order.
 
@@ -353,7 +375,9 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike[str], *, backend: str = "loca
     a terminal: :mod:`lowprec.study.progress`); ``tensorboard``: each run also writes
     TensorBoard events (:mod:`lowprec.study.steplog`). The local
     backend spawns processes, which import the main module: call this from a script
-    under ``if __name__ == "__main__":``.
+    under ``if __name__ == "__main__":``. ``restart``: every run starts over. The output
+    folder is locked while this runs (a second driver on it gets a
+    :class:`~.rundir.RunError`), and so is each run folder while a worker trains it.
     """
     if backend not in ("local", "ray"):
         raise SweepError(f"unknown backend {backend!r}; use local or ray")
@@ -361,14 +385,23 @@ def run_sweep(sweep: Sweep, out: str | os.PathLike[str], *, backend: str = "loca
         require_tensorboard()  # before any run fails for want of it
     root = Path(out).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    with locked(root):
+        return _run(sweep, root, backend, workers, data_dir, max_epochs, quiet,
+                    ray_options, say, restart, tensorboard)
+
+
+def _run(sweep: Sweep, root: Path, backend: str, workers: int | None, data_dir: str | None,
+         max_epochs: int | None, quiet: bool, ray_options: RayOptions | None,
+         say: Callable[[str], None], restart: bool, tensorboard: bool) -> list[Outcome]:
+    """:func:`run_sweep` in its locked output folder."""
     workers = workers or default_workers(sweep)
     opts = ray_options or RayOptions()
     if backend == "ray" and opts.num_cpus is None and opts.address is None:
         opts = dataclasses.replace(opts, num_cpus=max(1, round(workers * opts.cpus_per_run)))
     threads = max(1, _cores() // workers if backend == "local" else int(opts.cpus_per_run))
-    tasks = [Task(r.spec, str(root), r.folder, data_dir, max_epochs, threads, tensorboard)
-             for r in sweep.runs]
-    summary = _Summary(root, sweep, backend)
+    tasks = [Task(r.spec, str(root), r.folder, data_dir, max_epochs, threads, restart,
+                  tensorboard) for r in sweep.runs]
+    summary = _Summary(root, sweep, backend, fresh=restart)
     summary.write()
     results = _local(tasks, workers) if backend == "local" else _ray(tasks, opts)
     outcomes: dict[str, Outcome] = {}

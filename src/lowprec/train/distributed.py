@@ -51,9 +51,11 @@ gradient is scaled on its own. Division by ``W`` is exact for powers of two.
 # no ``from __future__ import annotations``: DDP checks the hook's annotations as objects
 import contextlib
 import gc
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -134,8 +136,21 @@ def init(device: str) -> World:
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=collective_timeout())
     return current()
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective waits for a stopped rank before failing (instead of blocking
+    the others forever): ``$LOWPREC_DDP_TIMEOUT_S`` seconds, default 600."""
+    text = os.environ.get("LOWPREC_DDP_TIMEOUT_S", "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"LOWPREC_DDP_TIMEOUT_S={text!r}: give a positive number of seconds")
+    return timedelta(seconds=seconds)
 
 
 def teardown() -> None:

@@ -42,7 +42,6 @@ output that the next layer saves too) is packed once.
 from __future__ import annotations
 
 import os
-import tempfile
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -51,8 +50,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
+from ..numerics.formats import FixedPoint, FloatingPoint, Format
 from ..numerics.presets import get
+from .files import atomic_write
 from .recipe import QuantSpec, Recipe
 
 __all__ = [
@@ -308,30 +308,13 @@ def packed_saved_tensors(fmt_for_tensor: Callable[[torch.Tensor], Format | None]
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def _format_table(fmt: Format) -> dict[str, Any]:
-    if isinstance(fmt, PowerOfTwo):
-        return {"kind": "pow2", "exp_bits": fmt.exp_bits, "emax": fmt.emax}
-    if isinstance(fmt, FixedPoint):
-        return {"kind": "fixed", "wl": fmt.wl, "fl": fmt.fl}
-    assert isinstance(fmt, FloatingPoint)
-    return {"kind": "float", "exp": fmt.exp, "man": fmt.man, "bias": fmt.ebias,
-            "subnormals": fmt.subnormals, "specials": fmt.specials}
-
-
-def _format_from_table(table: Mapping[str, Any]) -> Format:
-    kinds: dict[str, type[Format]] = {"pow2": PowerOfTwo, "fixed": FixedPoint,
-                                      "float": FloatingPoint}
-    args = {k: v for k, v in table.items() if k != "kind"}
-    return kinds[table["kind"]](**args)
-
-
 def save_packed(state_dict: Mapping[str, Any], path: str | os.PathLike[str],
                 formats: FormatsLike) -> None:
     """Write ``state_dict`` with every exactly representable float32 tensor packed.
 
     Each tensor is stored in the narrowest of :func:`candidates` ``(formats)`` that holds
-    it bit for bit, else as is; other values pass through. The file is written to a
-    temporary file in the same folder and renamed over ``path`` (atomic).
+    it bit for bit, else as is; other values pass through. The file is written
+    atomically (:func:`~lowprec.train.files.atomic_write`).
     """
     fmts = candidates(formats)
     entries: dict[str, Any] = {}
@@ -344,20 +327,10 @@ def save_packed(state_dict: Mapping[str, Any], path: str | os.PathLike[str],
                 if found is not None:
                     data, (bits, shape) = pack_codes(*found)
                     entries[key] = {"codes": data, "bits": bits, "shape": list(t.shape),
-                                    "format": _format_table(fmt)}
+                                    "format": fmt.to_dict()}
                     break
     payload = {"magic": _MAGIC, "version": CHECKPOINT_VERSION, "entries": entries}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_packed(path: str | os.PathLike[str],
@@ -374,6 +347,6 @@ def load_packed(path: str | os.PathLike[str],
         if isinstance(value, dict) and "codes" in value:
             shape = tuple(value["shape"])
             codes = unpack_codes(value["codes"], (value["bits"], shape))
-            value = decode(_format_from_table(value["format"]), codes)
+            value = decode(Format.from_dict(value["format"]), codes)
         out[key] = value
     return out

@@ -69,6 +69,7 @@ import dataclasses
 import fnmatch
 import os
 import sys
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +77,7 @@ from typing import Any
 import tomli_w
 
 from ..numerics import presets
-from ..numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, ScaleExponent
+from ..numerics.formats import Format
 from ..numerics.rounding import check_mode, check_overflow, check_rand_bits
 from ..numerics.scaling import Scaling
 
@@ -172,42 +173,17 @@ def _check_keys(
         raise RecipeError(f"missing key(s) {missing}")
 
 
-_FORMAT_KINDS: dict[str, tuple[type[Format], tuple[str, ...], tuple[str, ...]]] = {
-    # kind: (class, required keys, optional keys)
-    "fixed": (FixedPoint, ("wl", "fl"), ()),
-    "float": (FloatingPoint, ("exp", "man"), ("bias", "subnormals", "specials")),
-    "pow2": (PowerOfTwo, ("exp_bits", "emax"), ()),
-    "scale_exp": (ScaleExponent, ("exp_bits", "bias"), ()),
-}
-
-
 def _format_from_toml(value: Any) -> Format:
     if isinstance(value, str):
         return presets.get(value)
     if not isinstance(value, Mapping):
         raise RecipeError(f"format must be a preset name or a table, got {value!r}")
-    kind = value.get("kind")
-    if kind not in _FORMAT_KINDS:
-        raise RecipeError(f"format kind={kind!r} is unknown; allowed: {list(_FORMAT_KINDS)}")
-    cls, required, optional = _FORMAT_KINDS[kind]
-    _check_keys(value, ("kind", *required, *optional), ("kind", *required))
-    return cls(**{k: v for k, v in value.items() if k != "kind"})
+    return Format.from_dict(value)
 
 
 def _format_to_toml(fmt: Format) -> str | dict[str, Any]:
-    for name in presets.names():
-        if presets.get(name) == fmt:
-            return name
-    if isinstance(fmt, PowerOfTwo):
-        return {"kind": "pow2", "exp_bits": fmt.exp_bits, "emax": fmt.emax}
-    if isinstance(fmt, FixedPoint):
-        return {"kind": "fixed", "wl": fmt.wl, "fl": fmt.fl}
-    if isinstance(fmt, ScaleExponent):
-        return {"kind": "scale_exp", "exp_bits": fmt.exp_bits, "bias": fmt.bias}
-    if isinstance(fmt, FloatingPoint):
-        return {"kind": "float", "exp": fmt.exp, "man": fmt.man, "bias": fmt.ebias,
-                "subnormals": fmt.subnormals, "specials": fmt.specials}
-    raise RecipeError(f"cannot write format {fmt!r} to TOML")
+    name = presets.name_of(fmt)
+    return name if name in presets.names() else fmt.to_dict()
 
 
 def _scaling_to_dict(s: Scaling) -> dict[str, Any]:
@@ -222,8 +198,13 @@ def _scaling_to_dict(s: Scaling) -> dict[str, Any]:
 def _scaling_from_dict(d: Any) -> Scaling:
     if not isinstance(d, Mapping):
         raise RecipeError(f"scaling must be a table of lowprec.Scaling arguments, got {d!r}")
-    _check_keys(d, tuple(f.name for f in dataclasses.fields(Scaling) if f.init and f.compare))
     kwargs = dict(d)
+    if "rounding" in kwargs:  # the spelling before scale_rounding
+        warnings.warn(f"scaling key 'rounding' is deprecated: write scale_rounding = "
+                      f"{kwargs['rounding']!r}", DeprecationWarning, stacklevel=2)
+        kwargs["scale_rounding"] = kwargs.pop("rounding")
+    _check_keys(kwargs, tuple(f.name for f in dataclasses.fields(Scaling)
+                              if f.init and f.compare))
     if isinstance(d.get("scale_format"), Mapping):
         kwargs["scale_format"] = _format_from_toml(d["scale_format"])
     return Scaling(**kwargs)
@@ -363,6 +344,8 @@ class Recipe:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"{source}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise RecipeError(f"{source}: nested too deeply to parse") from None
         return cls.from_dict(data, source)
 
     def to_file(self, path: str | os.PathLike[str]) -> None:
