@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from . import presets
-from .cast import round_to_format
+from .cast import check_inputs, round_to_format
 from .formats import Format
 from .scaling import ScaledFormat, Scaling, scaled_round
 from .telemetry import QuantInfo
@@ -53,6 +53,7 @@ def quantize(
         if scaling is not None:
             raise ValueError(f"{fmt.name} carries its own scaling; do not pass scaling=")
         fmt, scaling = fmt.element, fmt.scaling
+    check_inputs(x, out, generator)
     kwargs = {"generator": generator, "rand_bits": rand_bits, "overflow": overflow, "out": out}
     info = None
     if scaling is not None:
