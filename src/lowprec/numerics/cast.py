@@ -21,7 +21,7 @@ from . import kernel
 from .formats import Format
 from .rounding import check_mode, check_overflow, check_rand_bits
 
-__all__ = ["check_inputs", "round_to_format"]
+__all__ = ["check_inputs", "round_measured", "round_to_format"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -104,6 +104,24 @@ def round_to_format(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Round ``x`` elementwise onto ``fmt`` (no scaling), into ``out`` or a new tensor like x."""
+    return round_measured(x, fmt, rounding, generator=generator, rand_bits=rand_bits,
+                          overflow=overflow, out=out, stats=False)[0]
+
+
+def round_measured(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: str = "nearest",
+    *,
+    generator: torch.Generator | None = None,
+    rand_bits: int | None = None,
+    overflow: str | None = None,
+    out: torch.Tensor | None = None,
+    stats: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`round_to_format`, and with ``stats`` the rounding's telemetry measured in the
+    same pass (:func:`lowprec.numerics.kernel.telemetry`: a float64 device tensor, no sync;
+    ``None`` for an empty ``x``)."""
     check_mode(rounding)
     bits = check_rand_bits(rand_bits, rounding)
     ovf = check_overflow(overflow, fmt.has_inf, fmt.has_nan, fmt.name)
@@ -111,7 +129,7 @@ def round_to_format(
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
-        return out
+        return out, None
     compute, grid, narrow, wide = _constants(fmt, x.dtype, bits, x.device)
     stochastic = rounding == "stochastic"
     seed = _draw_seed(generator, x.device) if stochastic else kernel.zeros((2,), x.device)
@@ -122,7 +140,7 @@ def round_to_format(
     same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and x.is_contiguous()
     if not same and overlaps(x, target):  # partial overlap: read x before writing any of out
         x = x.clone()
-    kernel.round_flat(
+    measured = kernel.round_flat(
         flat_out,
         flat_out if same else x.reshape(-1).detach(),
         grid,
@@ -131,7 +149,8 @@ def round_to_format(
         ovf,
         wide if x.numel() > 2**31 else narrow,
         compute,
+        stats,
     )
     if target is not out:
         out.copy_(target)
-    return out
+    return out, measured
