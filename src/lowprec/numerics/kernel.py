@@ -285,9 +285,11 @@ def quantize_into(
         dtype = torch.int64 if shape.wide_index else torch.int32
         index = torch.arange(x.shape[0], device=x.device, dtype=dtype) + first.to(dtype)
     xc = x.to(compute)
-    y = round_kernel(xc, grid, seed, mode, overflow, shape, index)
+    y = round_kernel(xc, grid, seed, mode, overflow, shape, index).to(out.dtype)
+    # of the value stored (a narrower out rounds once more); before out is written (may be x)
+    measured = telemetry(xc, y.to(compute), grid, shape) if stats else None
     out.copy_(y)
-    return telemetry(xc, y, grid, shape) if stats else None
+    return measured
 
 
 def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
