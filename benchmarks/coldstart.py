@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,9 @@ def train_once(recipe: str, cache: Path, out: Path, backend: str) -> float:
            "small_cnn", "--epochs", "1", "--quiet", "--recipe", recipe, "--out", str(out)]
     t = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    elapsed = time.perf_counter() - t
+    shutil.rmtree(out)  # a finished run in out would be skipped by the next one
+    return elapsed
 
 
 def main() -> None:
