@@ -246,10 +246,14 @@ def telemetry(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, shape: Shape
     x64 = torch.where(finite, x, 0).to(torch.float64)
     err = torch.where(v < inf, x64 - y.to(torch.float64), torch.inf)
     err = torch.where(finite, err, 0.0)
-    counts = torch.stack([finite.sum(), nonzero.sum(), (nonzero & (v == 0)).sum(),
-                          (finite & (u > limit)).sum(), (v >= inf).sum()])
+    # counted in 32-bit lanes (cheaper than 64-bit ones) unless there are more than 2**31
+    # elements; a count of 2**31 wraps to -2**31, which the float64 modulo 2**32 undoes
+    cty = torch.int64 if shape.wide_index else torch.int32
+    counts = torch.stack([c.sum(dtype=cty) for c in (
+        finite, nonzero, nonzero & (v == 0), finite & (u > limit), v >= inf)])
     sums = torch.stack([(x64 * x64).sum(), (err * err).sum(), x64.abs().amax()])
-    return torch.cat([counts.to(torch.float64), sums])
+    counts = counts.to(torch.float64)
+    return torch.cat([counts if shape.wide_index else counts % 2.0**32, sums])
 
 
 def merge_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
