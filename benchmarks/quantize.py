@@ -10,8 +10,12 @@ Then scaled quantization of the same data as a ``[2**n / 1024, 1024]`` matrix (p
 tensor, per row ``channel axis=0``, blocks of 32 along rows), as time ratios to the
 unscaled quantize of the same format and mode (``x unscaled``, higher is better).
 
+Telemetry columns (time ratios to the same quantize without telemetry, lower is better):
+``info`` is ``return_info=True`` (measured in the rounding pass, read back once), ``f64 ref``
+the float64 reference ``QuantInfo.measure`` run after the rounding (the former path).
+
     python benchmarks/quantize.py [--n 24] [--presets fp16,pot7] [--repeat 5]
-        [--scaled fp8_e4m3,fxp12] [--scaled-modes nearest,stochastic]
+        [--scaled fp8_e4m3,fxp12] [--scaled-modes nearest,stochastic] [--no-info]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 import lowprec as lp
+from lowprec.numerics.telemetry import QuantInfo
 
 
 def best_time(fn: Callable[[], object], repeat: int) -> float:
@@ -44,6 +49,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--scaled", default="fp8_e4m3,fxp12", help="formats for scaled cases")
     ap.add_argument("--scaled-modes", default="nearest,stochastic")
+    ap.add_argument("--no-info", dest="info", action="store_false",
+                    help="skip the telemetry columns")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
@@ -68,12 +75,20 @@ def main() -> None:
         f"bf16 round trip (into out):  {n / t_bf16 / 1e9:7.3f} Gelem/s  "
         f"ratio {t_clone / t_bf16:.2f}"
     )
-    print(f"{'preset':10s} {'mode':13s} {'Gelem/s':>8s} {'x clone':>8s}")
+    print(f"{'preset':10s} {'mode':13s} {'Gelem/s':>8s} {'x clone':>8s} {'info':>6s} "
+          f"{'f64 ref':>7s}")
     for name in args.presets.split(","):
         fmt = lp.formats.get(name)
         for mode in args.modes.split(","):
             t = timed(lambda fmt=fmt, mode=mode: lp.quantize(x, fmt, mode, generator=g, out=out))
-            print(f"{name:10s} {mode:13s} {n / t / 1e9:8.3f} {t_clone / t:8.2f}")
+            cells = ""
+            if args.info:  # telemetry in the rounding pass; the float64 reference after it
+                t_info = timed(lambda fmt=fmt, mode=mode: lp.quantize(
+                    x, fmt, mode, generator=g, out=out, return_info=True)[1].amax)
+                t_ref = timed(lambda fmt=fmt, mode=mode: QuantInfo.measure(
+                    x, lp.quantize(x, fmt, mode, generator=g, out=out), fmt).amax)
+                cells = f" {t_info / t:6.2f} {t_ref / t:7.2f}"
+            print(f"{name:10s} {mode:13s} {n / t / 1e9:8.3f} {t_clone / t:8.2f}{cells}")
 
     x2, out2 = x.view(-1, min(n, 1024)), out.view(-1, min(n, 1024))
     cases = [("tensor", lp.Scaling()), ("channel", lp.Scaling("channel", axis=0)),

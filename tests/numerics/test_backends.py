@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -125,3 +128,47 @@ def test_every_size_stays_compiled(monkeypatch):
         torch.set_grad_enabled(True)
         logger.removeHandler(handler)
     assert not [r for r in records if "recompile_limit" in r.getMessage()]
+
+
+_CACHED_RUN = """
+import sys, torch, lowprec as lp
+x = torch.load(sys.argv[1], weights_only=True)
+got = []
+for start, n in ((3, 1000), (0, 37), (1, 4096 + 5)):
+    part = x[start:start + n]
+    got.append(lp.quantize(part, "fp12", "stochastic", generator=torch.Generator().manual_seed(n)))
+    y = part.clone()
+    lp.quantize(y, "fp8_e4m3", out=y)
+    got.append(y)
+    got.append(lp.quantize(part.view(-1, 1) if n % 2 else part.view(2, -1), "fp16", "up"))
+torch.save(got, sys.argv[2])
+"""
+
+
+def test_cached_graphs_compute_the_same_bits(tmp_path):
+    """Compiled graphs loaded from torch's on-disk caches by a new process (FX graph and
+    AOT autograd caches: lowprec no longer bypasses them) give the eager bits, for sizes,
+    storage offsets, dimensions and in-place calls that have broken these caches before
+    (docs/torch-cache-bug.md). The first process fills a fresh cache, the second reads it."""
+    x = _inputs(torch.float32)[:6000].contiguous()
+    torch.save(x, tmp_path / "x.pt")
+    env = {**os.environ, "LOWPREC_BACKEND": "compiled",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    script = tmp_path / "run.py"
+    script.write_text(_CACHED_RUN)
+    for run in ("fill", "read"):
+        subprocess.run([sys.executable, str(script), str(tmp_path / "x.pt"),
+                        str(tmp_path / f"{run}.pt")], env=env, check=True)
+    assert any((tmp_path / "cache").rglob("*")), "nothing was cached"
+    expected = []
+    for start, n in ((3, 1000), (0, 37), (1, 4096 + 5)):
+        part = x[start:start + n]
+        expected.append(lp.quantize(part, "fp12", "stochastic",
+                                    generator=torch.Generator().manual_seed(n)))
+        expected.append(lp.quantize(part, "fp8_e4m3"))
+        expected.append(lp.quantize(part, "fp16", "up").view(-1, 1) if n % 2 else
+                        lp.quantize(part, "fp16", "up").view(2, -1))
+    for run in ("fill", "read"):
+        got = torch.load(tmp_path / f"{run}.pt", weights_only=True)
+        for a, b in zip(got, expected, strict=True):
+            assert _same_bits(a.reshape(-1), b.reshape(-1)), run

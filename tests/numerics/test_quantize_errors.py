@@ -138,3 +138,48 @@ def test_valid_calls_do_not_raise() -> None:
     lp.quantize(X, lp.formats.get("fp8_e4m3"), "stochastic", generator=g, rand_bits=1)
     lp.quantize(X, lp.formats.get("fp8_e4m3"), overflow="inf")
     lp.quantize(X, lp.formats.get("int8"), overflow="saturate")
+
+
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+@pytest.mark.parametrize("shift", [3, -3])
+def test_partially_overlapping_out(monkeypatch: pytest.MonkeyPatch, backend: str,
+                                   shift: int) -> None:
+    """out overlapping x without being x reads every x before writing (both backends)."""
+    monkeypatch.setenv("LOWPREC_BACKEND", backend)
+    buf = torch.randn(1006, generator=torch.Generator().manual_seed(0))
+    start = 3 if shift < 0 else 0
+    x = buf[start:start + 1000]
+    expected = x.half().float()  # torch's float32 -> float16 cast: the reference
+    lp.quantize(x, "fp16", out=buf[start + shift:start + shift + 1000])
+    assert torch.equal(buf[start + shift:start + shift + 1000], expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.int64])
+def test_out_of_non_float_dtype(dtype: torch.dtype) -> None:
+    with pytest.raises(TypeError, match=_word("out")):
+        lp.quantize(X, "fp16", out=torch.empty(3, dtype=dtype))
+
+
+def test_out_leaf_requiring_grad() -> None:
+    """In place on a leaf that requires grad is refused, as torch's ``a.add_(1)`` is;
+    under no_grad it is allowed (as torch allows it)."""
+    a = X.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="leaf"):
+        lp.quantize(a, "fp16", out=a)
+    with torch.no_grad():
+        lp.quantize(a, "fp16", out=a)
+
+
+@pytest.mark.parametrize("generator", [5, "seed", torch.Generator])
+def test_generator_of_wrong_type(generator: Any) -> None:
+    with pytest.raises(TypeError, match=_word("generator")):
+        lp.quantize(X, "fp16", "stochastic", generator=generator)
+
+
+@pytest.mark.parametrize("code", [-1, 2**8, 2**20])
+@pytest.mark.parametrize("name", ["fp8_e4m3", "int8", "pot7"])
+def test_decode_out_of_range_code(name: str, code: int) -> None:
+    fmt = lp.formats.get(name)
+    with pytest.raises(ValueError, match="codes"):
+        fmt.decode(torch.tensor([0, code]))
+    assert fmt.decode(torch.tensor([0, 2**fmt.bits - 1])).shape == (2,)

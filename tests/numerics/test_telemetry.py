@@ -78,3 +78,81 @@ def test_telemetry_log_pools_and_keeps_last() -> None:
     assert all(isinstance(v, float) for v in e.values())
     log.reset()
     assert log.summary() == {}
+
+
+# -- the rounding pass's own telemetry against the float64 reference (QuantInfo.measure) --
+
+def _inputs(kind: str, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1000, generator=g, dtype=torch.float64)
+    x = x * torch.exp2(torch.randint(-12, 12, (1000,), generator=g).to(torch.float64))
+    if kind == "tiny":
+        x = x * 2.0**-30
+    elif kind == "huge":
+        x = x * 2.0**20
+    elif kind == "specials":
+        x[::97] = math.nan
+        x[5::101] = math.inf
+        x[7::103] = -math.inf
+        x[9::89] = 0.0
+        x[11::83] = -0.0
+    return x.to(dtype)
+
+
+def _same_figures(got: QuantInfo, ref: QuantInfo) -> None:
+    fields = ("numel", "finite", "nonzero", "underflows", "overflows", "nonfinite_out", "amax")
+    assert {f: getattr(got, f) for f in fields} == {f: getattr(ref, f) for f in fields}
+    for f in ("signal", "noise"):  # float64 sums, another order: float64 rounding apart
+        a, b = getattr(got, f), getattr(ref, f)
+        assert a == pytest.approx(b, rel=1e-12, abs=0) or (math.isnan(a) and math.isnan(b))
+    ra, rb = got.sqnr_db, ref.sqnr_db
+    assert ra == pytest.approx(rb, rel=1e-9, abs=0) or (math.isnan(ra) and math.isnan(rb))
+
+
+FAMILIES = [("fp16", "nearest"), ("fp8_e4m3", "stochastic"), ("fp8_e5m2", "up"),
+            ("fp12", "stochastic"), ("fxp12", "nearest"), ("int8", "toward_zero"),
+            ("pot7", "nearest"), ("fp4_e2m1", "down")]
+
+
+@pytest.mark.parametrize("kind", ["random", "tiny", "huge", "specials"])
+@pytest.mark.parametrize(("name", "mode"), FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_kernel_telemetry_equals_reference(name: str, mode: str, kind: str,
+                                           dtype: torch.dtype) -> None:
+    x = _inputs(kind, dtype)
+    g = torch.Generator().manual_seed(3)
+    y, info = lp.quantize(x, name, mode, generator=g, return_info=True)
+    _same_figures(info, QuantInfo.measure(x, y, lp.formats.get(name)))
+    xin = x.clone()  # in place: measured from x before it is overwritten
+    _, inplace = lp.quantize(xin, name, mode, generator=torch.Generator().manual_seed(3),
+                             out=xin, return_info=True)
+    _same_figures(inplace, info)
+
+
+@pytest.mark.parametrize("kind", ["random", "huge", "specials"])
+@pytest.mark.parametrize(("name", "mode"), [("fp8_e4m3", "nearest"), ("fxp12", "stochastic")])
+def test_kernel_telemetry_scaled_per_tensor(name: str, mode: str, kind: str) -> None:
+    """Per-tensor power-of-two scaling rounds onto the shifted format in one pass: its
+    figures against the reference with the scale moving the overflow threshold."""
+    x = _inputs(kind, torch.float32)
+    y, info = lp.quantize(x, name, mode, generator=torch.Generator().manual_seed(1),
+                          scaling=lp.Scaling(nan_policy="local"), return_info=True)
+    _same_figures(info, QuantInfo.measure(x, y, lp.formats.get(name), scale=info.scales))
+
+
+def test_telemetry_log_syncs_once_and_pools_on_device() -> None:
+    """update keeps tensors; summary equals pooling the reference figures."""
+    log = TelemetryLog()
+    xs = [_inputs(k, torch.float32) for k in ("random", "tiny", "specials")]
+    refs = []
+    for x in xs:
+        y, info = lp.quantize(x, "fp8_e4m3", return_info=True)
+        assert "_values" not in info.__dict__  # not read yet: no sync
+        log.update("t", info)
+        refs.append(QuantInfo.measure(x, y, lp.formats.get("fp8_e4m3")))
+    s = log.summary()["t"]
+    nonzero = sum(r.nonzero for r in refs)
+    assert s["underflow"] == pytest.approx(sum(r.underflows for r in refs) / nonzero)
+    assert s["amax"] == max(r.amax for r in refs) and s["amax_last"] == refs[-1].amax
+    signal, noise = sum(r.signal for r in refs), sum(r.noise for r in refs)
+    assert s["sqnr_db"] == pytest.approx(10 * math.log10(signal / noise), rel=1e-12)

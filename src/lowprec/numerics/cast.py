@@ -21,7 +21,7 @@ from . import kernel
 from .formats import Format
 from .rounding import check_mode, check_overflow, check_rand_bits
 
-__all__ = ["round_to_format"]
+__all__ = ["check_inputs", "round_measured", "round_to_format"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -54,6 +54,41 @@ def _check_tensor(x: Any) -> None:
         )
 
 
+def check_inputs(x: Any, out: Any, generator: Any) -> None:
+    """Reject an ``x`` that is no float tensor, an ``out`` that cannot receive the result
+    and a ``generator`` that is none (clear TypeError/ValueError/RuntimeError)."""
+    _check_tensor(x)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}; e.g. torch.Generator().manual_seed(5)")
+    if out is None:
+        return
+    if not isinstance(out, torch.Tensor) or out.dtype not in _FLOAT_DTYPES:
+        got = out.dtype if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"out must be a float16/bfloat16/float32/float64 tensor, got {got}")
+    if out.shape != x.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
+    if out.requires_grad and out.is_leaf and torch.is_grad_enabled():
+        raise RuntimeError("out is a leaf tensor that requires grad: writing into it is an "
+                           "in-place operation autograd forbids (as torch's in-place ops do); "
+                           "quantize under torch.no_grad() or into out.data")
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The byte range ``[start, end)`` that ``t``'s elements occupy."""
+    steps = [(n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)]
+    low, high = sum(min(0, s) for s in steps), sum(max(0, s) for s in steps)
+    return t.data_ptr() + low * t.element_size(), t.data_ptr() + (high + 1) * t.element_size()
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory of ``a`` and ``b`` (non-empty) may intersect."""
+    if a.device != b.device:
+        return False
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
+
+
 def _draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Two 32-bit seed words from ``generator`` (default: torch's global one), on ``device``."""
     words = torch.randint(-(2**31), 2**31, (2,), generator=generator, dtype=torch.int32,
@@ -72,16 +107,32 @@ def round_to_format(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Round ``x`` elementwise onto ``fmt`` (no scaling), into ``out`` or a new tensor like x."""
-    _check_tensor(x)
+    return round_measured(x, fmt, rounding, generator=generator, rand_bits=rand_bits,
+                          overflow=overflow, out=out, stats=False)[0]
+
+
+def round_measured(
+    x: torch.Tensor,
+    fmt: Format,
+    rounding: str = "nearest",
+    *,
+    generator: torch.Generator | None = None,
+    rand_bits: int | None = None,
+    overflow: str | None = None,
+    out: torch.Tensor | None = None,
+    stats: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`round_to_format`, and with ``stats`` the rounding's telemetry measured in the
+    same pass (:func:`lowprec.numerics.kernel.telemetry`: a float64 device tensor, no sync;
+    ``None`` for an empty ``x``)."""
     check_mode(rounding)
     bits = check_rand_bits(rand_bits, rounding)
     ovf = check_overflow(overflow, fmt.has_inf, fmt.has_nan, fmt.name)
+    check_inputs(x, out, generator)
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    elif out.shape != x.shape:
-        raise ValueError(f"out has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
     if x.numel() == 0:
-        return out
+        return out, None
     compute, grid, narrow, wide = _constants(fmt, x.dtype, bits, x.device)
     stochastic = rounding == "stochastic"
     seed = _draw_seed(generator, x.device) if stochastic else kernel.zeros((2,), x.device)
@@ -90,7 +141,9 @@ def round_to_format(
     # are not recompiled for) the shape of the tensor they alias; in place, one object
     flat_out = target.view(-1).detach()
     same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and x.is_contiguous()
-    kernel.round_flat(
+    if not same and overlaps(x, target):  # partial overlap: read x before writing any of out
+        x = x.clone()
+    measured = kernel.round_flat(
         flat_out,
         flat_out if same else x.reshape(-1).detach(),
         grid,
@@ -99,7 +152,8 @@ def round_to_format(
         ovf,
         wide if x.numel() > 2**31 else narrow,
         compute,
+        stats,
     )
     if target is not out:
         out.copy_(target)
-    return out
+    return out, measured

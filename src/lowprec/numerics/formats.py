@@ -230,8 +230,20 @@ class Format:
         raise NotImplementedError
 
     def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Values of the bit patterns ``codes`` (any integer tensor)."""
+        """Values of the bit patterns ``codes`` (an integer tensor of values in
+        ``0 .. 2**bits - 1``; ValueError otherwise)."""
         raise NotImplementedError
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes`` as int64, or ValueError if one is outside ``0 .. 2**bits - 1``."""
+        if codes.dtype.is_floating_point or codes.dtype.is_complex:
+            raise TypeError(f"decode expects an integer tensor of codes, got {codes.dtype}")
+        c = codes.to(torch.int64)
+        bad = c[(c < 0) | (c >= 2**self.bits)]
+        if bad.numel():
+            raise ValueError(f"{self.name} codes are 0 .. {2**self.bits - 1} ({self.bits} bits); "
+                             f"got {bad[:3].tolist()}")
+        return c
 
     def values(self) -> torch.Tensor:
         """Every distinct finite value, ascending, as float64 (zero once)."""
@@ -328,7 +340,7 @@ class FixedPoint(Format):
         return self._check_encodable(y, codes)
 
     def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        c = codes.to(torch.int64)
+        c = self._check_codes(codes)
         k = torch.where(c >= 2 ** (self.wl - 1), c - 2**self.wl, c)
         return torch.ldexp(k.to(torch.float64), torch.tensor(float(-self.fl))).to(dtype)
 
@@ -477,7 +489,7 @@ class FloatingPoint(Format):
         return self._top_exponent | (1 << (self.man - 1))
 
     def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        c = codes.to(torch.int64)
+        c = self._check_codes(codes)
         m_mask = (1 << self.man) - 1
         e_field = (c >> self.man) & ((1 << self.exp) - 1)
         mant = (c & m_mask).to(torch.float64)

@@ -29,18 +29,22 @@ limit of two's complement, 64-bit element counting), and the format's constants 
 precomputed once per format (:func:`grid_constants`).
 
 ``round_kernel`` is plain torch; :func:`run` calls it fused by ``torch.compile``
-(C++/OpenMP on CPU, Triton on CUDA) when available, else eagerly (same bits).
+(C++/OpenMP on CPU, Triton on CUDA) where that pays off, else eagerly (same bits): see
+:mod:`.backend`. Compiled graphs are kept by torch's on-disk caches (FX graph and AOT
+autograd caches, under ``TORCHINDUCTOR_CACHE_DIR``), so a new process loads them instead
+of compiling again (docs/torch-cache-bug.md: the graph signature that made them unsafe).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+
+from .backend import Compiled, backend
+
+__all__ = ["backend", "grid_constants", "quantize_into", "round_flat", "round_kernel", "run"]
 
 
 def _srl(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -243,6 +247,49 @@ def _stochastic_up(rem: torch.Tensor, d: torch.Tensor, d_true: torch.Tensor,
     return (top & mask) + r >= (1 << a)
 
 
+#: what :func:`telemetry` returns, in this order
+STATS = ("finite", "nonzero", "underflows", "overflows", "nonfinite_out", "signal", "noise",
+         "amax")
+
+
+def telemetry(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """What rounding ``x`` to ``y`` (container dtype) did, as a float64 tensor of :data:`STATS`.
+
+    Over the finite elements of ``x`` (magnitude bits ``u`` below inf's): how many,
+    how many nonzero, nonzero ones rounded to zero, ``|x|`` beyond the format's largest
+    magnitude of ``x``'s sign (``u`` above its bit pattern, ``grid[3]``/``grid[4]``), how
+    many ``y`` are inf/NaN (over all elements), ``sum x**2``, ``sum (x - y)**2`` (``inf`` if
+    a finite ``x`` gave an inf/NaN ``y``) and ``max |x|``. Widened to float64, ``x**2`` and
+    ``x - y`` of float32 values are exact and the sums carry float64 rounding only (relative
+    error below ``n * 2**-53``); counts are exact up to ``2**53``. Compiled, these reductions
+    fuse with the rounding pass: ``x`` is read once.
+    """
+    ity, p, _ = _LAYOUT[x.dtype]
+    top = torch.iinfo(ity).max
+    inf = ((1 << (8 * x.element_size() - 1 - p)) - 1) << p
+    b = x.view(ity)
+    u, v = b & top, y.view(ity) & top
+    finite = u < inf
+    nonzero = finite & (u != 0)
+    limit = grid[3] if shape.symmetric else torch.where(b < 0, grid[4], grid[3])
+    x64 = torch.where(finite, x, 0).to(torch.float64)
+    err = torch.where(v < inf, x64 - y.to(torch.float64), torch.inf)
+    err = torch.where(finite, err, 0.0)
+    # counted in 32-bit lanes (cheaper than 64-bit ones) unless there are more than 2**31
+    # elements; a count of 2**31 wraps to -2**31, which the float64 modulo 2**32 undoes
+    cty = torch.int64 if shape.wide_index else torch.int32
+    counts = torch.stack([c.sum(dtype=cty) for c in (
+        finite, nonzero, nonzero & (v == 0), finite & (u > limit), v >= inf)])
+    sums = torch.stack([(x64 * x64).sum(), (err * err).sum(), x64.abs().amax()])
+    counts = counts.to(torch.float64)
+    return torch.cat([counts if shape.wide_index else counts % 2.0**32, sums])
+
+
+def merge_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """:func:`telemetry` of two parts pooled: counts and sums add, ``amax`` is the larger."""
+    return torch.cat([a[:-1] + b[:-1], torch.maximum(a[-1:], b[-1:])])
+
+
 def quantize_into(
     out: torch.Tensor,
     x: torch.Tensor,
@@ -253,8 +300,10 @@ def quantize_into(
     overflow: str,
     shape: Shape,
     compute: torch.dtype,
-) -> None:
-    """``out[:] = round(x)``: widen to ``compute``, round, narrow to ``out``'s dtype.
+    stats: bool = False,
+) -> torch.Tensor | None:
+    """``out[:] = round(x)``: widen to ``compute``, round, narrow to ``out``'s dtype; with
+    ``stats``, returns the rounding's :func:`telemetry` too (else None).
 
     Compiled, the steps fuse into one pass that reads ``x`` and writes ``out`` (which may
     be ``x`` itself). ``x`` is flat, its first element having index ``first`` (a 0-d
@@ -268,12 +317,19 @@ def quantize_into(
     elif mode == "stochastic":
         dtype = torch.int64 if shape.wide_index else torch.int32
         index = torch.arange(x.shape[0], device=x.device, dtype=dtype) + first.to(dtype)
-    out.copy_(round_kernel(x.to(compute), grid, seed, mode, overflow, shape, index))
+    xc = x.to(compute)
+    y = round_kernel(xc, grid, seed, mode, overflow, shape, index).to(out.dtype)
+    # of the value stored (a narrower out rounds once more); before out is written (may be x)
+    measured = telemetry(xc, y.to(compute), grid, shape) if stats else None
+    out.copy_(y)
+    return measured
 
 
 def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
-               mode: str, overflow: str, shape: Shape, compute: torch.dtype) -> None:
-    """``out[:] = round(x)`` for flat ``x`` and ``out`` (may be one object), by :func:`run`.
+               mode: str, overflow: str, shape: Shape, compute: torch.dtype,
+               stats: bool = False) -> torch.Tensor | None:
+    """``out[:] = round(x)`` for flat ``x`` and ``out`` (may be one object), by :func:`run`;
+    with ``stats`` returns the :func:`telemetry` of the whole tensor (a device tensor: no sync).
 
     Stochastic rounding needs each element's index, and vectorised C++ builds an index
     vector slowly (16 scalar inserts per vector: about half the kernel's time). So up to
@@ -284,16 +340,19 @@ def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: tor
     n = x.numel()
     same = x is out
     if mode != "stochastic" or shape.wide_index or n < LANES:
-        run(out, x, grid, seed, zeros((), x.device), mode, overflow, shape, compute)
-        return
+        return run(out, x, grid, seed, zeros((), x.device), mode, overflow, shape, compute, stats)
     m = n - n % LANES
     rows = out[:m].view(-1, LANES).detach()
-    run(rows, rows if same else x[:m].view(-1, LANES).detach(), grid, seed, zeros((), x.device),
-        mode, overflow, shape, compute)
+    part = run(rows, rows if same else x[:m].view(-1, LANES).detach(), grid, seed,
+               zeros((), x.device), mode, overflow, shape, compute, stats)
     if m < n:
         tail = out[m:].detach()
-        run(tail, tail if same else x[m:].detach(), grid, seed,
-            torch.tensor(m, dtype=torch.int32, device=x.device), mode, overflow, shape, compute)
+        rest = run(tail, tail if same else x[m:].detach(), grid, seed,
+                   torch.tensor(m, dtype=torch.int32, device=x.device), mode, overflow, shape,
+                   compute, stats)
+        if part is not None and rest is not None:
+            part = merge_stats(part, rest)
+    return part
 
 
 @functools.lru_cache(maxsize=32)
@@ -302,62 +361,20 @@ def zeros(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.zeros(size, dtype=torch.int32, device=device)
 
 
-_VARIANTS = 256
-_compiled: Callable[..., None] | None = None
-_compile_failed = False
-_seen: set[tuple] = set()  # variants compiled in this process (their calls skip the patches)
+_kernel = Compiled(quantize_into, "rounding kernel")
 
 
-def backend() -> str:
-    """``"compiled"`` or ``"eager"``, from ``LOWPREC_BACKEND`` (default ``auto``)."""
-    choice = os.environ.get("LOWPREC_BACKEND", "auto")
-    if choice not in ("auto", "compiled", "eager"):
-        raise ValueError(f"LOWPREC_BACKEND={choice!r} is unknown; allowed: auto, compiled, eager")
-    if choice == "auto":
-        return "eager" if _compile_failed else "compiled"
-    return choice
+def run(*args: object) -> torch.Tensor | None:
+    """:func:`quantize_into` through the backend (:mod:`.backend`: compiled or eager, same bits).
 
-
-@torch.no_grad()  # the kernel's inputs are detached: one graph whatever the grad mode
-def run(*args: object) -> None:
-    """:func:`quantize_into` through the current backend.
-
-    With ``LOWPREC_BACKEND=auto`` a failing ``torch.compile`` (no C++ toolchain,
-    say) warns once and falls back to the eager kernel, which computes the same bits.
+    A variant is what dynamo compiles a graph of its own for: the arguments after ``shape``,
+    dtypes, device, dimensions, aliasing, and the sizes and storage offsets of 0 and 1 it
+    specialises. The kernel's inputs are detached and it runs without grad: one graph
+    whatever the grad mode.
     """
-    global _compiled, _compile_failed
-    if backend() == "eager":
-        quantize_into(*args)  # type: ignore[arg-type]
-        return
-    if _compiled is None:
-        _compiled = torch.compile(quantize_into, dynamic=True)
     out, x = args[0], args[1]
-    # dynamo specialises sizes and storage offsets of 0 and 1 into graphs of their own
+    assert isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)
     variant = (*args[5:], x.dtype, out.dtype, x.device.type, x.dim(), x is out, x.shape[0] <= 1,
                x.storage_offset() <= 1, out.storage_offset() <= 1)
-    try:
-        if variant in _seen:
-            _compiled(*args)
-            return
-        # one compiled variant per (mode, overflow, dtype, ...): more than dynamo's default 8.
-        # torch's on-disk FX-graph/AOT caches are bypassed while compiling: with this
-        # in-place dynamic-shape graph they have returned artifacts compiled for other shapes
-        # ("wrong number of dimensions"); the generated C++ is still cached by its own text.
-        with (
-            torch._dynamo.config.patch(recompile_limit=_VARIANTS),
-            torch._inductor.config.patch(fx_graph_cache=False),
-            torch._functorch.config.patch(enable_autograd_cache=False),
-        ):
-            _compiled(*args)
-        _seen.add(variant)
-    except Exception as exc:
-        if os.environ.get("LOWPREC_BACKEND", "auto") == "compiled":
-            raise
-        _compile_failed = True
-        warnings.warn(
-            f"lowprec: torch.compile failed ({type(exc).__name__}: {exc}); using the slower "
-            "eager kernel. Set LOWPREC_BACKEND=eager to silence this.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        quantize_into(*args)  # type: ignore[arg-type]
+    with torch.no_grad():
+        return _kernel(variant, x.numel(), *args)

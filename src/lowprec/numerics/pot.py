@@ -22,20 +22,16 @@ torch's reduction; ``reference=True`` forms the same blocks by float multiplicat
 product does. The layers reduce to it: ``linear`` (``x W^T``), ``conv2d`` (``unfold``,
 then ``cols W^T``; ``groups = dilation = 1``) and the backward products with a
 power-of-two error ``g``: grad-input ``g W`` (conv: then ``fold``, which only adds) and
-grad-weight ``g^T x``. With ``LOWPREC_BACKEND`` ``auto``/``compiled`` the product
-function is fused by ``torch.compile`` (integer code: same bits); the sums stay eager.
+grad-weight ``g^T x``. The product function runs through :mod:`.backend` (fused by
+``torch.compile`` where it pays off, integer code: same bits); the sums stay eager.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
-from . import kernel
+from .backend import Compiled
 
 __all__ = [
     "check_pow2",
@@ -100,26 +96,15 @@ def _combine(sw: torch.Tensor, ew: torch.Tensor, mw: torch.Tensor, sp: torch.Ten
     return (mag | (sw ^ sp)).view(torch.float32)
 
 
-_compiled: Callable[..., torch.Tensor] | None = None
-_compile_failed = False
+_combine_compiled = Compiled(_combine, "power-of-two product kernel")
 
 
 def _products(*fields: torch.Tensor) -> torch.Tensor:
-    """:func:`_combine` through the backend of :func:`lowprec.kernel.backend`."""
-    global _compiled, _compile_failed
-    if kernel.backend() == "eager" or _compile_failed:
-        return _combine(*fields)
-    if _compiled is None:
-        _compiled = torch.compile(_combine, dynamic=True)
-    try:
-        return _compiled(*fields)
-    except Exception as exc:
-        if os.environ.get("LOWPREC_BACKEND", "auto") == "compiled":
-            raise
-        _compile_failed = True
-        warnings.warn(f"lowprec.pot: torch.compile failed ({type(exc).__name__}); using the "
-                      "eager integer code (same bits)", RuntimeWarning, stacklevel=2)
-        return _combine(*fields)
+    """:func:`_combine` through the backend (:mod:`.backend`: compiled or eager, same bits)."""
+    shape = torch.broadcast_shapes(*(f.shape for f in fields))
+    # dynamo specialises sizes of 0 and 1 (broadcast dimensions) into graphs of their own
+    variant = tuple((f.dtype, *(n <= 1 for n in f.shape)) for f in fields)
+    return _combine_compiled(variant, shape.numel(), *fields)
 
 
 def mul(w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from . import presets
-from .cast import round_to_format
+from .cast import check_inputs, round_measured
 from .formats import Format
 from .scaling import ScaledFormat, Scaling, scaled_round
 from .telemetry import QuantInfo
@@ -53,14 +53,13 @@ def quantize(
         if scaling is not None:
             raise ValueError(f"{fmt.name} carries its own scaling; do not pass scaling=")
         fmt, scaling = fmt.element, fmt.scaling
+    check_inputs(x, out, generator)
     kwargs = {"generator": generator, "rand_bits": rand_bits, "overflow": overflow, "out": out}
     info = None
     if scaling is not None:
         y, info = scaled_round(x, fmt, rounding, scaling, return_info, **kwargs)
     else:
-        in_place = out is not None and out.data_ptr() == x.data_ptr()
-        x_in = x.clone() if return_info and in_place else x
-        y = round_to_format(x, fmt, rounding, **kwargs)
-        if return_info:
-            info = QuantInfo.measure(x_in, y, fmt)
+        y, stats = round_measured(x, fmt, rounding, stats=return_info, **kwargs)
+        if return_info:  # measured by the rounding pass itself (lowprec.numerics.kernel)
+            info = QuantInfo(x.numel(), stats)
     return (y, info) if return_info else y

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .cast import round_to_format
+from .cast import round_measured, round_to_format
 from .formats import Format, _require_int
 from .standard import standard
 from .telemetry import QuantInfo
@@ -423,14 +423,13 @@ def scaled_round(
         # shifted by 2**X (same codes, bias/fraction bits moved), exactly: one amax pass
         # and one rounding pass instead of four
         exp = _tensor_exponent(x.detach(), fmt, scaling)
-        y = round_to_format(x, fmt.scaled_by(exp), rounding, generator=generator,
-                            rand_bits=rand_bits,
-                            overflow="saturate" if overflow is None else overflow,
-                            out=None if return_info else out)
-        if return_info:
+        y, stats = round_measured(x, fmt.scaled_by(exp), rounding, generator=generator,
+                                  rand_bits=rand_bits,
+                                  overflow="saturate" if overflow is None else overflow,
+                                  out=out, stats=return_info)
+        if return_info:  # measured in the rounding pass, against the shifted format's range
             sc = torch.tensor(math.ldexp(1.0, exp), dtype=torch.float64, device=x.device)
-            info = _info(x, y, fmt, sc, sc)
-            return (y if out is None else out.copy_(y)), info
+            info = QuantInfo(x.numel(), stats, scales=sc)
         return y, info
     else:
         compute = _compute_dtype(x, fmt, rounding, scaling.pow2)

@@ -11,18 +11,26 @@ For an input ``x``, its quantized value ``y`` and the format's largest magnitude
   magnitudes beyond ``~1e154`` overflow them, giving ``nan`` or ``±inf``);
 * ``nonfinite = #{y not finite} / numel`` and ``amax = max |x|``.
 
-:class:`QuantInfo` keeps the counts and sums so that :class:`TelemetryLog` can pool
-them over calls exactly (a ratio of sums, not a mean of ratios).
+The rounding kernel measures these in its own pass (:func:`lowprec.numerics.kernel.telemetry`)
+and returns them as a small float64 device tensor; :class:`QuantInfo` reads it (one device
+sync) only when a field is first asked for, and :class:`TelemetryLog` pools those tensors on
+the device, syncing once per :meth:`TelemetryLog.summary`. It keeps counts and sums so that
+pooling over calls is exact (a ratio of sums, not a mean of ratios).
+:meth:`QuantInfo.measure` computes the same from ``x`` and ``y`` in separate float64 passes:
+the reference the kernel's figures are tested against, and what scaled roundings that work
+on a rescaled copy (per channel or block, see :mod:`.scaling`) use.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from .formats import Format
+from .kernel import STATS, merge_stats
 
 __all__ = ["QuantInfo", "TelemetryLog"]
 
@@ -41,18 +49,30 @@ def _sqnr_db(signal: float, noise: float) -> float:
 
 @dataclass(frozen=True)
 class QuantInfo:
-    """Statistics of one quantization (see the module docstring for the definitions)."""
+    """Statistics of one quantization (see the module docstring for the definitions).
+
+    ``stats`` is a float64 tensor of :data:`lowprec.numerics.kernel.STATS` (on the input's
+    device, ``None`` for an empty input); the fields read it on first use.
+    """
 
     numel: int
-    finite: int
-    nonzero: int
-    underflows: int
-    overflows: int
-    nonfinite_out: int
-    signal: float
-    noise: float
-    amax: float
+    stats: torch.Tensor | None
     scales: torch.Tensor | None = None
+
+    @cached_property
+    def _values(self) -> tuple[float, ...]:
+        if self.stats is None:
+            return (0.0,) * len(STATS)
+        return tuple(self.stats.tolist())
+
+    finite = property(lambda self: int(self._values[0]))
+    nonzero = property(lambda self: int(self._values[1]))
+    underflows = property(lambda self: int(self._values[2]))
+    overflows = property(lambda self: int(self._values[3]))
+    nonfinite_out = property(lambda self: int(self._values[4]))
+    signal = property(lambda self: self._values[5])
+    noise = property(lambda self: self._values[6])
+    amax = property(lambda self: self._values[7])
 
     @property
     def underflow(self) -> float:
@@ -75,10 +95,10 @@ class QuantInfo:
                 scale: torch.Tensor | None = None) -> QuantInfo:
         """Measure ``y = quantize(x, fmt)``; ``scale`` (broadcastable to ``x``) if scaled.
 
-        A few elementwise passes and reductions in float64, one device sync.
+        The float64 reference: a few elementwise passes and reductions (no sync).
         """
         if x.numel() == 0:
-            return cls(0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, scale)
+            return cls(0, None, scale)
         x64, y64 = x.detach().to(torch.float64), y.detach().to(torch.float64)
         fin = torch.isfinite(x64)
         ax = torch.where(fin, x64.abs(), 0.0)
@@ -91,9 +111,8 @@ class QuantInfo:
             fin.sum(), nz.sum(), (nz & (y64 == 0)).sum(), (ax > limit).sum(),
             (~torch.isfinite(y64)).sum(), (ax * ax).sum(),
             torch.where(fin, err * err, 0.0).sum(), ax.amax(),
-        ]).tolist()
-        counts = [int(v) for v in stats[:5]]
-        return cls(x.numel(), *counts, *stats[5:], scales=scale)
+        ]).to(torch.float64)
+        return cls(x.numel(), stats, scales=scale)
 
 
 _STATS = ("underflow", "overflow", "nonfinite", "sqnr_db", "amax")
@@ -103,19 +122,12 @@ _STATS = ("underflow", "overflow", "nonfinite", "sqnr_db", "amax")
 class _Pool:
     calls: int = 0
     numel: int = 0
-    finite: int = 0
-    nonzero: int = 0
-    underflows: int = 0
-    overflows: int = 0
-    nonfinite_out: int = 0
-    signal: float = 0.0
-    noise: float = 0.0
-    amax: float = 0.0
+    stats: torch.Tensor | None = None  # pooled: counts and sums added, amax the largest
     last: QuantInfo | None = None
 
 
 class TelemetryLog:
-    """Accumulates :class:`QuantInfo` per tensor name over calls.
+    """Accumulates :class:`QuantInfo` per tensor name over calls (on the device, no sync).
 
     ``summary()[name]`` holds ``calls``, ``numel`` (of the last call), the pooled
     ``underflow``, ``overflow``, ``nonfinite``, ``sqnr_db`` (ratios of the summed counts
@@ -130,29 +142,25 @@ class TelemetryLog:
         p = self._pools.setdefault(name, _Pool())
         p.calls += 1
         p.numel += info.numel
-        p.finite += info.finite
-        p.nonzero += info.nonzero
-        p.underflows += info.underflows
-        p.overflows += info.overflows
-        p.nonfinite_out += info.nonfinite_out
-        p.signal += info.signal
-        p.noise += info.noise
-        p.amax = max(p.amax, info.amax)
+        if info.stats is not None:
+            p.stats = info.stats if p.stats is None else merge_stats(p.stats, info.stats)
         p.last = info
 
     def summary(self) -> dict[str, dict[str, float]]:
+        """The pooled and last figures per name (one device sync for all of them)."""
+        pools = [(name, p, QuantInfo(p.numel, p.stats)) for name, p in self._pools.items()]
+        infos = [i for _, p, pooled in pools for i in (pooled, p.last)
+                 if i is not None and i.stats is not None and "_values" not in i.__dict__]
+        if infos:  # one transfer for every figure not read yet
+            host = torch.stack([i.stats.to(infos[0].stats.device) for i in infos]).tolist()
+            for i, values in zip(infos, host, strict=True):
+                i.__dict__["_values"] = tuple(values)
         out = {}
-        for name, p in self._pools.items():
+        for name, p, pooled in pools:
             assert p.last is not None
-            pooled = {
-                "underflow": _ratio(p.underflows, p.nonzero),
-                "overflow": _ratio(p.overflows, p.finite),
-                "nonfinite": _ratio(p.nonfinite_out, p.numel),
-                "sqnr_db": _sqnr_db(p.signal, p.noise),
-                "amax": p.amax,
-            }
             last = {f"{k}_last": float(getattr(p.last, k)) for k in _STATS}
-            out[name] = {"calls": float(p.calls), "numel": float(p.last.numel), **pooled, **last}
+            out[name] = {"calls": float(p.calls), "numel": float(p.last.numel),
+                         **{k: float(getattr(pooled, k)) for k in _STATS}, **last}
         return out
 
     def reset(self) -> None:
