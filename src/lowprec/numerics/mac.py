@@ -121,25 +121,26 @@ class _FusedChain:
     op by op: the same bits.
     """
 
-    def __init__(self, rounder: RoundTo, device: torch.device) -> None:
+    def __init__(self, rounder: RoundTo, device: torch.device, compile: bool) -> None:
         fmt = presets.get(rounder.fmt) if isinstance(rounder.fmt, str) else rounder.fmt
         mode = check_mode(rounder.rounding)
         bits = check_rand_bits(rounder.rand_bits, mode)
         self.overflow = check_overflow(rounder.overflow, fmt.has_inf, fmt.has_nan, fmt.name)
-        self.mode, self.generator = mode, rounder.generator
+        self.mode, self.generator, self.compile = mode, rounder.generator, compile
         _, self.grid, self.shape, _ = _constants(fmt, torch.float64, bits, device)
 
     def __call__(self, acc: torch.Tensor, parts: torch.Tensor) -> None:
         """``acc`` (contiguous float64 ``[m, n]``) updated in place by ``parts[:U]``."""
         u, (m, n) = parts.shape[0], acc.shape
-        index = seeds = None
+        index = None
+        seeds = kernel.zeros((u, 2), acc.device)
         if self.mode == "stochastic":
             seeds = torch.randint(-(2**31), 2**31, (u, 2), generator=self.generator,
                                   dtype=torch.int32).to(acc.device)
             index = torch.arange(m * n, dtype=torch.int32, device=acc.device).view(m, n)
         args = (acc, parts, self.grid, seeds, index, self.mode, self.overflow, self.shape)
         global _compile_failed
-        if kernel.backend() == "eager" or _compile_failed or acc.numel() * u < _COMPILE_MIN:
+        if not self.compile or kernel.backend() == "eager" or _compile_failed:
             _chain(*args)
             return
         try:
@@ -157,32 +158,32 @@ class _FusedChain:
 
 
 @torch.no_grad()
-def _chain(acc: torch.Tensor, parts: torch.Tensor, grid: torch.Tensor, seeds: torch.Tensor | None,
+def _chain(acc: torch.Tensor, parts: torch.Tensor, grid: torch.Tensor, seeds: torch.Tensor,
            index: torch.Tensor | None, mode: str, overflow: str, shape: kernel.Shape) -> None:
     """``acc <- round(acc + parts[c])`` for every ``c``, in order (:class:`_FusedChain`)."""
     x = acc
     for c in range(parts.shape[0]):
-        seed = seeds[c] if seeds is not None else kernel.zeros((2,), acc.device)
-        x = kernel.round_kernel(x + parts[c], grid, seed, mode, overflow, shape, index)
+        x = kernel.round_kernel(x + parts[c], grid, seeds[c], mode, overflow, shape, index)
     acc.copy_(x)
 
 
 _compiled_chain = torch.compile(_chain, dynamic=True)
 _compile_failed = False
 _VARIANTS = 256  # dynamo's recompile limit (default 8): a graph per (U, mode, overflow, shape)
-#: below this many element-steps a chunk runs eagerly (no compilation for small products)
+#: below this many element-steps (``M N K / block``) a product runs eagerly (no compilation)
 _COMPILE_MIN = 1 << 16
-#: blocks per fused chunk; fewer blocks are padded with zero blocks to 1, 2 or 4
+#: blocks per fused chunk (fewer at the end of a group: 4, 2, 1)
 _UNROLL = 8
 
 
-def _accumulator(rounder: Rounder, device: torch.device) -> Callable[[torch.Tensor,
-                                                                        torch.Tensor], None]:
-    """``f(acc, parts)``: ``acc <- Q(acc + parts[c])`` in order, in place."""
+def _accumulator(rounder: Rounder, device: torch.device, work: int) -> Callable[
+        [torch.Tensor, torch.Tensor], None]:
+    """``f(acc, parts)``: ``acc <- Q(acc + parts[c])`` in order, in place; compiled when the
+    product's ``work`` (element-steps) reaches ``_COMPILE_MIN``."""
     if isinstance(rounder, RoundTo):
         fmt = presets.get(rounder.fmt) if isinstance(rounder.fmt, str) else rounder.fmt
         if not isinstance(fmt, ScaledFormat):
-            return _FusedChain(rounder, device)
+            return _FusedChain(rounder, device, work >= _COMPILE_MIN)
 
     def generic(acc: torch.Tensor, parts: torch.Tensor) -> None:
         for part in parts:
@@ -210,9 +211,9 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
     ``nb = ceil(K / block)`` blocks ``g`` at a time (both chosen so that the float64 copies
     of operand blocks and the ``[g, mc, N]`` block sums hold about ``_TERMS_BUDGET``
     elements). The block sums of a group are formed at once (:func:`_block_sums`), then the
-    accumulator runs through them (:func:`_accumulator`), ``_UNROLL`` blocks per call. The
-    ragged last block and the padding of the last chunk are exact zeros: adding zero and
-    rounding again leave a rounded accumulator unchanged.
+    accumulator runs through them (:func:`_accumulator`) in chunks of ``_UNROLL`` blocks,
+    the group's last ``r < _UNROLL`` blocks in chunks of the powers of two in ``r``. The
+    ragged last block is padded with exact zeros.
     """
     batch, m, k = a.shape
     n = b.shape[2]
@@ -221,12 +222,13 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
         return out
     step = block if accumulate is not None else min(k, 32)
     nb = -(-k // step)
-    unroll = min(_UNROLL, 1 << (nb - 1).bit_length())
     width = max(n, step)
-    mc = min(m, max(1, _TERMS_BUDGET // (unroll * width)))
-    g = min(-(-nb // unroll), max(1, _TERMS_BUDGET // (mc * width * unroll))) * unroll
-    run = _accumulator(accumulate, a.device) if accumulate is not None else None
-    ab = a.new_zeros((g * step, mc), dtype=torch.float64)  # [k, rows]: block-major copies
+    mc = min(m, max(1, _TERMS_BUDGET // (min(nb, _UNROLL) * width)))
+    g = min(nb, max(_UNROLL, _TERMS_BUDGET // (mc * width)))
+    run = None if accumulate is None else _accumulator(accumulate, a.device, batch * m * n * nb)
+    # operand blocks in float64, laid out like a (rows contiguous, or k contiguous)
+    rows_major = a.stride(2) == 1
+    ab = a.new_zeros((mc, g * step) if rows_major else (g * step, mc), dtype=torch.float64)
     bb = a.new_zeros((g * step, n), dtype=torch.float64)
     parts = a.new_empty((g, mc, n), dtype=torch.float64)
     for i in range(batch):
@@ -235,21 +237,28 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
             acc = out[i, r0:r0 + rows]
             for k0 in range(0, k, g * step):
                 t = min(g * step, k - k0)
-                nbt = -(-t // step)
-                used = -(-nbt // unroll) * unroll
-                if t < g * step:
-                    ab.zero_()
-                    bb.zero_()
-                ab[:t, :rows].copy_(a[i, r0:r0 + rows, k0:k0 + t].T)
+                used = -(-t // step)
+                src = a[i, r0:r0 + rows, k0:k0 + t]
+                if rows_major:
+                    ab[:rows, t:used * step].zero_()
+                    ab[:rows, :t].copy_(src)
+                    blocks = ab[:rows, :used * step].view(rows, used, step).transpose(0, 1)
+                else:
+                    ab[t:used * step, :rows].zero_()
+                    ab[:t, :rows].copy_(src.T)
+                    blocks = ab[:used * step, :rows].view(used, step, rows).transpose(1, 2)
+                bb[t:used * step].zero_()
                 bb[:t].copy_(b[i, k0:k0 + t])
                 p = parts[:used, :rows]
-                _block_sums(p, ab[:used * step, :rows].view(used, step, rows).transpose(1, 2),
-                            bb[:used * step].view(used, step, n), product)
+                _block_sums(p, blocks, bb[:used * step].view(used, step, n), product)
                 if run is None:
                     acc += p.sum(0)
                     continue
-                for c0 in range(0, used, unroll):
-                    run(acc, p[c0:c0 + unroll])
+                c0 = 0
+                while c0 < used:
+                    u = min(_UNROLL, 1 << ((used - c0).bit_length() - 1))
+                    run(acc, p[c0:c0 + u])
+                    c0 += u
     return out
 
 
