@@ -3,10 +3,13 @@
 Shapes are the layers' matrix products for a batch of 100 3x32x32 images, convolutions as
 im2col (``[N*H*W, C_in*kh*kw] @ [C_in*kh*kw, C_out]``). ``fwd`` rows are the forward products;
 with ``--backward`` also the two backward products per layer (``dX = dY W^T``, reducing over
-``C_out``, and ``dW = X^T dY``, reducing over the batch/pixel axis). Each case prints the best of
-``--repeat`` times and its ratio to the float32 ``a @ b`` measured in the same run; the
-``total`` rows sum them. On a machine shared with other jobs, ``--cpu-time`` measures the
-process's CPU time (all threads) instead of wall time, which other jobs disturb less.
+``C_out``, and ``dW = X^T dY``, reducing over the batch/pixel axis; ``X^T`` is a transposed
+view, as autograd hands it). Each case prints the best of ``--repeat`` times and its ratio to
+the float32 ``a @ b`` measured in the same run; the ``total`` row sums them: with
+``--backward`` it estimates a training step's products (forward + both backward products of
+every layer) against the float32 ones. On a machine shared with other jobs, ``--cpu-time``
+measures the process's CPU time (all threads) instead of wall time, which other jobs disturb
+less.
 
     python benchmarks/mac.py [--threads 2] [--repeat 3] [--blocks 32,1] [--acc fp16]
         [--backward] [--cpu-time]
@@ -37,7 +40,7 @@ def shapes(backward: bool) -> list[tuple[str, int, int, int]]:
     out = [(f"{name} fwd", m, k, n) for name, m, k, n in FORWARD]
     if backward:
         out += [(f"{name} dX", m, n, k) for name, m, k, n in FORWARD]
-        out += [(f"{name} dW", k, m, n) for name, m, k, n in FORWARD]
+        out += [(f"{name} dW", -k, m, n) for name, m, k, n in FORWARD]  # -: a is X^T
     return out
 
 
@@ -69,7 +72,8 @@ def main() -> None:
     print(f"{'product':>10} {'M x K x N':>20} {'fp32 ms':>9}"
           + "".join(f" {'b=' + str(b) + ' ms':>10} {'ratio':>6}" for b in blocks))
     for name, m, k, n in shapes(args.backward):
-        a = torch.randn(m, k, generator=gen)
+        a = torch.randn(m, k, generator=gen) if m > 0 else torch.randn(k, -m, generator=gen).T
+        m = abs(m)
         b = torch.randn(k, n, generator=gen)
         t_ref = best_time(lambda a=a, b=b: a @ b, args.repeat, clock)
         row = f"{name:>10} {f'{m}x{k}x{n}':>20} {1e3 * t_ref:9.2f}"

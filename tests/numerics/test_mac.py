@@ -301,3 +301,20 @@ def test_conv2d_rounded_matches_reference(groups: int) -> None:
         want = mac_ref(cols, wm, (fmt_of("fp8_e5m2"), "nearest", None), rule, 4)
         part = got[0, g * (4 // groups):(g + 1) * (4 // groups)].reshape(4 // groups, -1).T
         assert part.tolist() == want
+
+
+@pytest.mark.parametrize("budget", [1 << 20, 64])
+def test_chunked_layouts_match_reference(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    """Rows and blocks taken a few at a time (small ``_TERMS_BUDGET``), ``a`` row- or
+    column-major (a transposed view, as in a weight gradient), 19 blocks: chunks of 8, 8, 2
+    and 1 blocks; all against the exact recurrence."""
+    from lowprec.numerics import mac
+
+    monkeypatch.setattr(mac, "_TERMS_BUDGET", budget)
+    emin, emax, kmax = ACC_FORMATS["fp16"]
+    a = lowbit((5, 75), emin, emax, kmax, seed=12)
+    b = lowbit((75, 3), emin, emax, kmax, seed=13)
+    rule = (fmt_of("fp16"), "nearest", None)
+    for lhs in (a, a.T.contiguous().T):
+        check(lhs, b, None, rule, 4)
+        check(lhs, b, (fmt_of("fp8_e5m2"), "nearest", None), rule, 2)

@@ -44,6 +44,17 @@ Exactness (float32, bfloat16 or float16 inputs)
   a zero result may carry either sign.
 
 Gradients are straight-through: those of the exact ``a @ b``.
+
+Speed
+-----
+The block sums of many blocks are formed at once, by one batched float64 product
+(``product=None``) or by rounding the products of one in-block position for all blocks at
+once; the accumulator then runs through them in order, ``Q_acc`` of 8 consecutive blocks
+fused into one ``torch.compile``'d pass per output tile (a graph per rounding mode, overflow
+rule and chunk length 8/4/2/1, compiled by :class:`.backend.Compiled` once a variant has run
+on enough elements, and cached on disk by torch; ``LOWPREC_BACKEND=eager`` runs the same
+function op by op, same bits). What remains is about one float64 FMA per term and one
+float64 rounding per output element and block (``benchmarks/mac.py``).
 """
 
 from __future__ import annotations
@@ -55,16 +66,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import kernel, presets
+from .backend import Compiled
+from .cast import _constants
 from .formats import Format
 from .quantize import quantize
+from .rounding import check_mode, check_overflow, check_rand_bits
+from .scaling import ScaledFormat
 
 __all__ = ["Rounder", "RoundTo", "mac_bmm", "mac_conv2d", "mac_matmul"]
 
 Rounder = Callable[[torch.Tensor], torch.Tensor]
 RoundingSpec = Rounder | Format | str | None
 
-#: Most float64 elements one materialised block of rounded products may hold.
-_TERMS_BUDGET = 1 << 24
+#: About the most float64 elements the block sums of one group (and the copies of operand
+#: blocks) may hold; small enough to stay in cache between their computation and their use.
+_TERMS_BUDGET = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -103,37 +120,144 @@ def _round(rounder: Rounder, x: torch.Tensor) -> torch.Tensor:
     return rounder(x, out=x) if isinstance(rounder, RoundTo) else rounder(x)
 
 
-def _rounded_sum(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                 product: Rounder) -> torch.Tensor:
-    """``acc + sum_k product(a[:, :, k] * b[:, k, :])`` in float64, materialising at most
-    ``_TERMS_BUDGET`` products at a time."""
-    batch, m, k = a.shape
-    step = max(1, _TERMS_BUDGET // max(1, batch * m * b.shape[-1]))
-    for k0 in range(0, k, step):
-        terms = a[:, :, k0:k0 + step, None] * b[:, None, k0:k0 + step, :]
-        acc = acc.add_(_round(product, terms).sum(2))
-    return acc
+class _FusedChain:
+    """``acc <- Q(acc + P[c])`` for ``c`` in a chunk of ``U`` blocks, one kernel call per chunk.
+
+    ``Q`` is a :class:`RoundTo` onto an unscaled format. The ``U`` steps are
+    :func:`kernel.round_kernel` chained in one function, which ``torch.compile`` fuses into
+    one pass over ``acc`` that reads the ``U`` slices of ``P`` and keeps the partial sum in
+    registers (the Python loop then runs ``ceil(blocks / U)`` times, not once per block).
+    Eagerly (``LOWPREC_BACKEND=eager``, or when compiling fails) the same function runs
+    op by op: the same bits.
+    """
+
+    def __init__(self, rounder: RoundTo, device: torch.device) -> None:
+        fmt = presets.get(rounder.fmt) if isinstance(rounder.fmt, str) else rounder.fmt
+        mode = check_mode(rounder.rounding)
+        bits = check_rand_bits(rounder.rand_bits, mode)
+        self.overflow = check_overflow(rounder.overflow, fmt.has_inf, fmt.has_nan, fmt.name)
+        self.mode, self.generator = mode, rounder.generator
+        _, self.grid, self.shape, _ = _constants(fmt, torch.float64, bits, device)
+
+    def __call__(self, acc: torch.Tensor, parts: torch.Tensor) -> None:
+        """``acc`` (contiguous float64 ``[m, n]``) updated in place by ``parts[:U]``."""
+        u, (m, n) = parts.shape[0], acc.shape
+        index = None
+        seeds = kernel.zeros((u, 2), acc.device)
+        if self.mode == "stochastic":
+            seeds = torch.randint(-(2**31), 2**31, (u, 2), generator=self.generator,
+                                  dtype=torch.int32).to(acc.device)
+            index = torch.arange(m * n, dtype=torch.int32, device=acc.device).view(m, n)
+        args = (acc, parts, self.grid, seeds, index, self.mode, self.overflow, self.shape)
+        variant = (u, self.mode, self.overflow, self.shape, acc.device.type)
+        _CHAIN(variant, u * m * n, *args)
+
+
+@torch.no_grad()
+def _chain(acc: torch.Tensor, parts: torch.Tensor, grid: torch.Tensor, seeds: torch.Tensor,
+           index: torch.Tensor | None, mode: str, overflow: str, shape: kernel.Shape) -> None:
+    """``acc <- round(acc + parts[c])`` for every ``c``, in order (:class:`_FusedChain`)."""
+    x = acc
+    for c in range(parts.shape[0]):
+        x = kernel.round_kernel(x + parts[c], grid, seeds[c], mode, overflow, shape, index)
+    acc.copy_(x)
+
+
+#: the chain, compiled once a variant has run on enough elements (:mod:`.backend`)
+_CHAIN = Compiled(_chain, "mac_matmul accumulation")
+#: blocks per fused chunk (fewer at the end of a group: 4, 2, 1)
+_UNROLL = 8
+
+
+def _accumulator(rounder: Rounder, device: torch.device) -> Callable[
+        [torch.Tensor, torch.Tensor], None]:
+    """``f(acc, parts)``: ``acc <- Q(acc + parts[c])`` in order, in place (fused and, once it
+    pays, compiled for unscaled :class:`RoundTo` roundings)."""
+    if isinstance(rounder, RoundTo):
+        fmt = presets.get(rounder.fmt) if isinstance(rounder.fmt, str) else rounder.fmt
+        if not isinstance(fmt, ScaledFormat):
+            return _FusedChain(rounder, device)
+
+    def generic(acc: torch.Tensor, parts: torch.Tensor) -> None:
+        for part in parts:
+            acc.copy_(_round(rounder, acc + part))
+    return generic
+
+
+def _block_sums(out: torch.Tensor, ab: torch.Tensor, bb: torch.Tensor,
+                product: Rounder | None) -> None:
+    """``out[c] = sum_j Q_prod(ab[c, :, j] bb[c, j, :])`` for blocks ``c``, in float64 (BLAS
+    when ``product`` is None)."""
+    if product is None:
+        torch.bmm(ab, bb, out=out)
+        return
+    out.zero_()
+    for j in range(ab.shape[2]):
+        out.add_(_round(product, ab[:, :, j, None] * bb[:, j, None, :]))
 
 
 def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
          accumulate: Rounder | None, block: int) -> torch.Tensor:
     """The recurrence of the module docstring on ``[B, M, K] @ [B, K, N]``, in float64.
 
-    Each block of ``a`` is widened into one reused float64 buffer (no float64 copy of all of
-    ``a``); ``acc`` is updated in place.
+    Rows of ``M`` are independent: they are taken ``mc`` at a time and, for those rows, the
+    ``nb = ceil(K / block)`` blocks ``g`` at a time (both chosen so that the float64 copies
+    of operand blocks and the ``[g, mc, N]`` block sums hold about ``_TERMS_BUDGET``
+    elements). The block sums of a group are formed at once (:func:`_block_sums`), then the
+    accumulator runs through them (:func:`_accumulator`) in chunks of ``_UNROLL`` blocks,
+    the group's last ``r < _UNROLL`` blocks in chunks of the powers of two in ``r``. The
+    ragged last block is padded with exact zeros.
     """
     batch, m, k = a.shape
-    step = block if accumulate is not None else max(k, 1)
-    b64 = b.double()
-    acc = a.new_zeros((batch, m, b.shape[2]), dtype=torch.float64)
-    buf = a.new_empty((batch, m, min(step, k)), dtype=torch.float64)
-    for k0 in range(0, k, step):
-        ab = buf[:, :, :min(step, k - k0)].copy_(a[:, :, k0:k0 + step])
-        bb = b64[:, k0:k0 + step]
-        acc = acc.baddbmm_(ab, bb) if product is None else _rounded_sum(acc, ab, bb, product)
-        if accumulate is not None:
-            acc = _round(accumulate, acc)
-    return acc
+    n = b.shape[2]
+    out = a.new_zeros((batch, m, n), dtype=torch.float64)
+    if k == 0:
+        return out
+    step = block if accumulate is not None else min(k, 32)
+    nb = -(-k // step)
+    width = max(n, step)
+    mc = min(m, max(1, _TERMS_BUDGET // (min(nb, _UNROLL) * width)))
+    g = min(nb, max(_UNROLL, _TERMS_BUDGET // (mc * width)))
+    run = None if accumulate is None else _accumulator(accumulate, a.device)
+    # operand blocks in float64, laid out like a (rows contiguous, or k contiguous)
+    rows_major = a.stride(2) == 1
+    ab = a.new_zeros((mc, g * step) if rows_major else (g * step, mc), dtype=torch.float64)
+    bb = a.new_zeros((g * step, n), dtype=torch.float64)
+    parts = a.new_empty((g, mc, n), dtype=torch.float64)
+    for i in range(batch):
+        for r0 in range(0, m, mc):
+            rows = min(mc, m - r0)
+            acc = out[i, r0:r0 + rows]
+            for k0 in range(0, k, g * step):
+                t = min(g * step, k - k0)
+                used = -(-t // step)
+                src = a[i, r0:r0 + rows, k0:k0 + t]
+                # the ragged block's padding, dirty only where an earlier group wrote there
+                dirty = k0 > 0
+                if rows_major:
+                    if dirty:
+                        ab[:rows, t:used * step].zero_()
+                    ab[:rows, :t].copy_(src)
+                    blocks = ab[:rows, :used * step].view(rows, used, step).transpose(0, 1)
+                else:
+                    if dirty:
+                        ab[t:used * step, :rows].zero_()
+                    ab[:t, :rows].copy_(src.T)
+                    blocks = ab[:used * step, :rows].view(used, step, rows).transpose(1, 2)
+                if dirty:
+                    bb[t:used * step].zero_()
+                bb[:t].copy_(b[i, k0:k0 + t])
+                p = parts[:used, :rows]
+                _block_sums(p, blocks, bb[:used * step].view(used, step, n), product)
+                if run is None:
+                    acc += p.sum(0)
+                    continue
+                c0 = 0
+                while c0 < used:
+                    u = min(_UNROLL, 1 << ((used - c0).bit_length() - 1))
+                    run(acc, p[c0:c0 + u])
+                    c0 += u
+    return out
 
 
 class _MacProduct(torch.autograd.Function):
