@@ -154,3 +154,26 @@ def test_runs_of_different_lengths_are_not_pooled(tmp_path: Path) -> None:
         status.unlink()
     assert list(report._group(report.load_runs(tmp_path))) == [("digits", "small_cnn", 2),
                                                                ("digits", "small_cnn", 3)]
+
+
+def test_report_names_data_by_provenance_not_path(tmp_path: Path) -> None:
+    """Runs saved by older versions recorded the folder they read; the report drops it."""
+    save_run(tmp_path, "fp32", 0, [0.7], "done")
+    cfg_path = next(tmp_path.rglob(CONFIG))
+    cfg = json.loads(cfg_path.read_text())
+    cfg["data"]["provenance"] = ("CIFAR-10 python version read from /home/someone/data/"
+                                 "cifar-10-batches-py (dev copy); a note")
+    write_json(cfg_path, cfg)
+    text = report.write_report(tmp_path).read_text()
+    assert "CIFAR-10 python version (dev copy); a note" in text
+    assert "/home/someone" not in text
+
+
+def test_cifar10_provenance_names_content_not_folder(tmp_path: Path) -> None:
+    from lowprec.study.data import load_dataset
+
+    data_dir = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+    if not (data_dir / "cifar-10-batches-py").is_dir():
+        pytest.skip("the development copy of CIFAR-10 is not beside the project")
+    ds = load_dataset("cifar10", data_dir, download=False, normalize="none")
+    assert str(data_dir) not in ds.provenance and "content sha256" in ds.provenance

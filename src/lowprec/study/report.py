@@ -402,12 +402,18 @@ def _table(s: dict[str, Summary]) -> list[str]:
     return lines
 
 
+def _without_paths(provenance: str) -> str:
+    """Provenance as a report may print it: runs saved by older versions named the folder
+    they read (``read from /some/path``); a report names data by provenance only."""
+    return re.sub(r" read from (/|[A-Za-z]:\\)\S*", "", provenance)
+
+
 def _group_section(key: GroupKey, s: dict[str, Summary], folder: Path,
                    suffix: str) -> list[str]:
     model = key[1]
     runs = [r for sm in s.values() for r in sm.runs]
     cfg = runs[0].config
-    provenance = sorted({r.config["data"]["provenance"] for r in runs})
+    provenance = sorted({_without_paths(r.config["data"]["provenance"]) for r in runs})
     epochs = sorted({r.config["epochs"] for r in runs})
     acc = _curves_plot(s, "test_acc", "test accuracy (%)", folder, f"accuracy{suffix}")
     loss = _curves_plot(s, "loss", "training loss", folder, f"loss{suffix}")

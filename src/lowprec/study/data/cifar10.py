@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import locate
-from .dataset import Dataset
+from .dataset import Dataset, content_digest
 from .locate import DataError
 from .unpickle import restricted_pickle_load
 
@@ -145,7 +145,7 @@ def _obtain_cifar10(
         return found
     cache = locate.cache_dir()
     tarball = cache / CIFAR10_TARBALL
-    how = f"extracted from {tarball}"
+    how = "extracted from the official archive (MD5 verified)"
     if not tarball.is_file():
         if not download:
             raise DataError(
@@ -273,7 +273,8 @@ def load(
 ) -> Dataset:
     folder, how = _obtain_cifar10(data_dir, download, timeout)
     train_x, train_y, test_x, test_y, names = read_cifar10_folder(folder)
-    provenance = f"CIFAR-10 python version read from {folder} ({how})"
+    digest = content_digest(train_x, train_y, test_x, test_y)
+    provenance = f"CIFAR-10 python version ({how}; content sha256 {digest})"
     if how == "dev copy" or _looks_like_dev_copy(folder):
         provenance += "; " + _JPEG_NOTE
     return Dataset(

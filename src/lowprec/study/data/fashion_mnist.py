@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import locate
-from .dataset import Dataset
+from .dataset import Dataset, content_digest
 from .locate import DataError
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_FILES", "FASHION_MNIST_MIRRORS",
@@ -236,7 +236,8 @@ def load(
         test_x,
         test_y,
         num_classes=10,
-        provenance=f"Fashion-MNIST IDX files read from {folder} ({how})",
+        provenance=f"Fashion-MNIST IDX files ({how}; content sha256 "
+                   f"{content_digest(train_x, train_y, test_x, test_y)})",
         class_names=FASHION_MNIST_CLASSES,
         normalize=normalize,
     )
