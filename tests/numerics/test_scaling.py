@@ -485,7 +485,7 @@ def test_scaled_format_plugs_into_quantize() -> None:
     ({"block": 0}, "block"),
     ({"method": "max"}, "method"),
     ({"scale_rounding": "nearest"}, "scale_rounding"),
-    ({"scale_format": "e8m0"}, "scale_format"),
+    ({"scale_format": "e9m0"}, "scale_format"),
     ({"scale_format": 3}, "scale_format"),
     ({"nan_policy": "ocp"}, "nan_policy"),
     ({"history": 0}, "history"),
