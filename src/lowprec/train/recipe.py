@@ -97,8 +97,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["MAC_CLASSES", "OP_KINDS", "POSITIONS", "PRODUCT_KINDS", "TENSOR_CLASSES", "QuantSpec", "Recipe",
-           "RecipeError"]
+__all__ = ["MAC_CLASSES", "OP_KINDS", "POSITIONS", "PRODUCT_KINDS", "TENSOR_CLASSES",
+           "QuantSpec", "Recipe", "RecipeError"]
 
 TENSOR_CLASSES = ("weight", "activation", "error", "weight_grad", "update", "input")
 #: the arithmetic inside a product: its scalar products and its running sum
