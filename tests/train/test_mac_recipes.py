@@ -191,3 +191,22 @@ def test_unsupported_product_op_is_a_clear_error() -> None:
 def test_mac_presets_round_inside_products(name: str) -> None:
     recipe = lp.recipes.get(name)
     assert recipe.emulates_mac and recipe.accumulate is not None
+
+
+class _Attention(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def test_attention_products_run_through_mac(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count(monkeypatch)
+    recipe = lp.Recipe(ops=("attention",), accumulate="fp32", accumulate_block=4)
+    model = lp.prepare(_Attention(), recipe)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(i),
+                           requires_grad=True) for i in range(3))
+    out = model(q, k, v)
+    assert calls[0] == 2  # QK^T and P.V
+    out.sum().backward()
+    assert calls[0] == 6  # both backward products of each
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
