@@ -210,3 +210,17 @@ def test_attention_products_run_through_mac(monkeypatch: pytest.MonkeyPatch) -> 
     assert calls[0] == 6  # both backward products of each
     want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,conv", [((2, 4, 9), nn.Conv1d(4, 6, 3, stride=2, padding=1)),
+                                        ((4, 9), nn.Conv1d(4, 6, 3, padding="same")),
+                                        ((4, 6, 5), nn.Conv2d(4, 2, 3, padding="same"))])
+def test_conv1d_and_unbatched_convs_match_torch(shape: tuple[int, ...], conv: nn.Module) -> None:
+    torch.manual_seed(4)
+    x = torch.randn(shape, requires_grad=True)
+    want = conv(x)
+    lp.prepare(conv, lp.Recipe(ops=("conv",), accumulate="fp32", accumulate_block=1000))
+    got = conv(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    g = torch.autograd.grad(got.sum(), x)[0]
+    torch.testing.assert_close(g, torch.autograd.grad(want.sum(), x)[0], rtol=1e-5, atol=1e-6)

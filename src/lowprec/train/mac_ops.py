@@ -190,8 +190,9 @@ def _conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride:
                                           "asymmetrically; mac emulation needs explicit padding")
             padding = (total[0] // 2, total[1] // 2)
     geom = (_pair(stride), _pair(padding), dil, int(groups))
-    out = _MacConv2d.apply(x, w, geom, arith)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+    out = _MacConv2d.apply(x.unsqueeze(0) if x.dim() == 3 else x, w, geom, arith)
+    out = out if bias is None else out + bias.view(1, -1, 1, 1)
+    return out.squeeze(0) if x.dim() == 3 else out
 
 
 def _conv1d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
@@ -199,10 +200,8 @@ def _conv1d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
             arith: Sequence[Arith]) -> torch.Tensor:
     s, d = _pair(stride)[0], _pair(dilation)[0]
     p = padding if isinstance(padding, str) else (0, _pair(padding)[0])
-    unbatched = x.dim() == 2
-    x4 = (x.unsqueeze(0) if unbatched else x).unsqueeze(2)
-    out = _conv2d(x4, w.unsqueeze(2), bias, (1, s), p, (1, d), groups, arith).squeeze(2)
-    return out.squeeze(0) if unbatched else out
+    out = _conv2d(x.unsqueeze(-2), w.unsqueeze(2), bias, (1, s), p, (1, d), groups, arith)
+    return out.squeeze(-2)
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
