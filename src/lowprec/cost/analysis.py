@@ -43,8 +43,11 @@ linear in a driver ``d`` through ``(0, 0)`` and the table's points, and proporti
                                   a fixed-point operand: its word length)
     shift (a product with a power-of-two operand): an integer add of the wider
                                  exponent field of the two operands (fixed point: 1 bit)
-    accumulate                   one fp32 add per product, for every recipe (the
-                                 emulation, like the study's, sums in float32)
+    accumulate                   one add per product in the accumulator's format
+                                 (``recipe.accumulate``: integer add of its word
+                                 length for fixed point, float add of its width for
+                                 floating point), fp32 without one (the emulation then
+                                 sums in float32, like the study's)
     memory                       bits * E64 / 64; E64 = 10, 20, 100 pJ (SRAM 8 KB,
                                  32 KB, 1 MB) or 1300 pJ (DRAM, the table's low end).
                                  Default DRAM: a batch-100 step's tensors exceed 1 MB.
@@ -79,7 +82,7 @@ from ..numerics.quantize import quantize
 from ..train.prepare import layer_types
 from ..train.recipe import TENSOR_CLASSES, Recipe
 from ..train.recipes import resolve
-from .energy import ACCUMULATE_PJ, MEMORY_PJ_PER_64_BITS, bits, is_pow2, product_pj
+from .energy import MEMORY_PJ_PER_64_BITS, accumulate_pj, bits, is_pow2, product_pj
 
 __all__ = ["PRODUCTS", "LayerCost", "analyse", "multiplications_removed", "summarize"]
 
@@ -101,6 +104,7 @@ class LayerCost:
     params: int
     fmt: Mapping[str, Format | None]  # TENSOR_CLASSES and "input"
     master: bool = False  # an fp32 master copy of the weights (master_weights recipes)
+    accumulate: Format | None = None  # the accumulator's format (None: fp32)
 
     def operands(self) -> dict[str, tuple[Format | None, Format | None]]:
         """The two operand formats of each product type."""
@@ -114,8 +118,8 @@ class LayerCost:
                     is_pow2(a) or is_pow2(b)) for k, (a, b) in self.operands().items()}
 
     def compute_pj(self) -> float:
-        ops = self.operands()
-        return sum(n * (product_pj(*ops[k]) + ACCUMULATE_PJ)
+        ops, add = self.operands(), accumulate_pj(self.accumulate)
+        return sum(n * (product_pj(*ops[k]) + add)
                    for k, (n, _) in self.products().items())
 
     def moved_bits(self) -> dict[str, int]:
@@ -163,9 +167,10 @@ def analyse(model: nn.Module, input_shape: Sequence[int],
             c: None if s is None else getattr(s.format, "element", s.format)  # MX: element
             for c, s in specs.items()}
         kernel = getattr(module, "kernel_size", ())
+        covered = ("conv" if kernel else "linear") in (rec.ops or ())
         if not rec.op_level:
             fmt["input"] = last[0] if stored else None
-        elif ("conv" if kernel else "linear") not in (rec.ops or ()):
+        elif not covered:
             fmt = dict.fromkeys(fmt)  # an op-level recipe that leaves this kind fp32
         per_out = out.numel() // 2
         k = module.in_channels // module.groups if kernel else module.in_features
@@ -174,7 +179,8 @@ def analyse(model: nn.Module, input_shape: Sequence[int],
         found.append(LayerCost(name, batch * per_out * k, x.requires_grad,
                                batch * (x.numel() // 2), batch * per_out,
                                sum(p.numel() for p in module.parameters(recurse=False)), fmt,
-                               rec.master_weights and fmt["weight"] is not None))
+                               rec.master_weights and fmt["weight"] is not None,
+                               rec.accumulate.format if covered and rec.accumulate else None))
         if specs["activation"] is None:
             return out
         last[0] = specs["activation"].format

@@ -14,6 +14,12 @@ linear in a driver ``d`` through ``(0, 0)`` and the table's points, and proporti
                                   a fixed-point operand: its word length)
     shift (a product with a power-of-two operand): an integer add of the wider
                                  exponent field of the two operands (fixed point: 1 bit)
+    accumulate, per product      one add in the recipe's ``accumulate`` format: an
+                                 integer add of its word length (fixed point), a float
+                                 add of its width (floating point); fp32 (0.9) when
+                                 the recipe has no ``accumulate``. ``accumulate_block``
+                                 and ``product`` do not change it: every product is
+                                 still added once (in-block adds at that width).
     memory                       bits * E64 / 64; E64 = 10, 20, 100 pJ (SRAM 8 KB,
                                  32 KB, 1 MB) or 1300 pJ (DRAM, the table's low end).
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 from ..numerics.formats import FixedPoint, FloatingPoint, Format
 
-__all__ = ["ACCUMULATE_PJ", "FLOAT_ADD", "FLOAT_MUL", "INT_ADD", "INT_MUL",
+__all__ = ["ACCUMULATE_PJ", "FLOAT_ADD", "accumulate_pj", "FLOAT_MUL", "INT_ADD", "INT_MUL",
            "MEMORY_PJ_PER_64_BITS", "bits", "energy", "is_pow2", "product_pj"]
 
 INT_ADD = ((8, 0.03), (16, 0.05), (32, 0.1))
@@ -67,4 +73,12 @@ def product_pj(a: Format | None, b: Format | None) -> float:
     return energy(FLOAT_MUL, _significand(a) * _significand(b))
 
 
-ACCUMULATE_PJ = energy(FLOAT_ADD, 32)
+def accumulate_pj(acc: Format | None) -> float:
+    """Modelled pJ of adding one product into an accumulator in format ``acc`` (module doc)."""
+    if isinstance(acc, FixedPoint):
+        return energy(INT_ADD, acc.bits)
+    return energy(FLOAT_ADD, bits(acc))
+
+
+#: one fp32 add: the accumulation of a recipe without ``accumulate``
+ACCUMULATE_PJ = accumulate_pj(None)

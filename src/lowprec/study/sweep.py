@@ -24,7 +24,8 @@ runs are the cartesian product of the axes, one :class:`~lowprec.experiment.RunS
     man = [3, 4, 5]                   # mantissa bits
     bits = [10, 12]                   # optional: keep splits whose 1 + exp + man is listed
     name = "fp_sr"                    # optional (default: the template's name)
-    classes = ["weight", "error"]     # optional (default: every class the template quantizes)
+    classes = ["weight", "error"]     # optional (default: every class the template quantizes;
+                                      # "product" / "accumulate" count as classes)
     subnormals = true                 # optional (default: as the template's float format)
     specials = "none"                 # optional (default: as the template's float format)
     [[fixed_split]]                   # one recipe per (wl, fl): name "<name>-w<wl>f<fl>"
@@ -386,7 +387,8 @@ def _split(key: str, table: Any, where: str) -> list[Variant]:
 
 
 def _split_classes(template: Recipe, classes: Any, where: str) -> list[str]:
-    quantized = [c for c, s in template.specs().items() if s is not None]
+    specs = {**template.specs(), **template.mac_specs()}
+    quantized = [c for c, s in specs.items() if s is not None]
     if classes is None:
         if not quantized:
             raise SweepError(f"{where}.template: rounds no tensor class; use a template "

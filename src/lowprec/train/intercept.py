@@ -28,6 +28,10 @@ both products of kind ``attention``, so whatever fused kernel torch would pick, 
 products see rounded operands; the softmax output is rounded with ``activation``. Not
 listed, SDPA runs as torch's fused op and :func:`coverage` shows it unrounded.
 
+With ``product`` / ``accumulate`` in the recipe, every product op it rounds then runs
+through :func:`lowprec.train.mac_ops.run` (rounded products, blocked rounded sums, in the
+forward and in both backward products) instead of torch's kernel.
+
 Stochastic rounding here is keyed, not drawn: the seed of each rounding is
 ``h(seed, step, module, op position in the module's call, operand)``
 (:func:`~lowprec.train.quantizer.keyed_generator`), so recomputing a forward (activation
@@ -51,6 +55,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..numerics import presets
 from ..numerics.formats import Format
+from . import mac_ops
 from .ops import OPAQUE, Op, lookup
 from .quantizer import Quantizer, keyed_generator
 from .recipe import QuantSpec, Recipe
@@ -265,7 +270,14 @@ class OpRun:
                                       _CLASS_CODE[cls], slot) if stochastic else None
                 args[pos] = _RoundOperand.apply(t, q, gen, record)
                 self._note(frame, op, label, cls, q.spec.format)
-        out = func(*args, **kwargs)
+        if op.product and op.kind != "embedding" and self.recipe.emulates_mac:
+            for cls, spec in self.recipe.mac_specs().items():
+                self._note(frame, op, label, cls, spec and spec.format)
+            arith = mac_ops.arithmetic(self.recipe, self._key(frame, index, True),
+                                       nearest=not self.training and self.eval_nearest)
+            out = mac_ops.run(func, op.name, args, kwargs, arith)
+        else:
+            out = func(*args, **kwargs)
         return self._output(frame, op, label, index, out, specs, record)
 
     def _held(self, p: nn.Parameter, axis: int) -> bool:

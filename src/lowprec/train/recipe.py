@@ -57,6 +57,19 @@ level of ``nn.Linear``/``nn.Conv*`` modules (weights, outputs, errors; no ``inpu
 class), bit for bit as before ops existed; with ``ops`` (``ops = ["linear", "conv"]``
 included) every listed op is intercepted wherever it runs.
 
+**Arithmetic inside the product** (op-level recipes only): ``product`` and
+``accumulate`` (specs, any format and rounding, stochastic included; :data:`MAC_CLASSES`)
+and ``accumulate_block`` (an integer >= 1, default 1) make every product of the listed
+ops sum as a MAC unit does (:mod:`lowprec.numerics.mac`, :mod:`lowprec.train.mac_ops`)::
+
+    p_k = Q_product(a_k b_k),   s <- Q_accumulate(s + sum of the next block of p_k)
+
+forward and backward (grad-input and grad-weight products alike), on the operands as
+``input`` / ``weight`` / ``error`` rounded them. ``accumulate`` omitted with ``product``
+given: one rounding-free float64 sum (``accumulate_block`` then has no effect). Both
+omitted: the products run as torch computes them (bit for bit as before). They apply
+recipe-wide (overrides cannot change them).
+
 A format table is ``{kind = "fixed", wl = 12, fl = 8}``, ``{kind = "float", exp = 6,
 man = 5, bias = 31, subnormals = true, specials = "none"}`` (``bias``, ``subnormals``,
 ``specials`` optional), ``{kind = "pow2", exp_bits = 6, emax = 31}`` or
@@ -86,10 +99,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["OP_KINDS", "POSITIONS", "PRODUCT_KINDS", "TENSOR_CLASSES", "QuantSpec", "Recipe",
-           "RecipeError"]
+__all__ = ["MAC_CLASSES", "OP_KINDS", "POSITIONS", "PRODUCT_KINDS", "TENSOR_CLASSES",
+           "QuantSpec", "Recipe", "RecipeError"]
 
 TENSOR_CLASSES = ("weight", "activation", "error", "weight_grad", "update", "input")
+#: the arithmetic inside a product: its scalar products and its running sum
+MAC_CLASSES = ("product", "accumulate")
 #: op kinds a recipe's ``ops`` may list (:mod:`lowprec.train.ops`); ``"all"`` means every one
 OP_KINDS = ("linear", "conv", "matmul", "attention", "embedding", "norm", "softmax", "pointwise")
 #: the product kinds: ops whose operands (``input``, ``weight``) are rounded before they run
@@ -240,10 +255,17 @@ class Recipe:
     grad_comm: QuantSpec | None = None
     input: QuantSpec | None = None
     ops: tuple[str, ...] | None = None
+    product: QuantSpec | None = None
+    accumulate: QuantSpec | None = None
+    accumulate_block: int = 1
 
     def __post_init__(self) -> None:
-        for cls in (*TENSOR_CLASSES, "grad_comm"):
+        for cls in (*TENSOR_CLASSES, "grad_comm", *MAC_CLASSES):
             object.__setattr__(self, cls, as_spec(getattr(self, cls), cls))
+        b = self.accumulate_block
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise RecipeError(f"accumulate_block must be an integer >= 1 (terms summed "
+                              f"exactly before each accumulator rounding), got {b!r}")
         if self.ops is not None:
             ops = [self.ops] if isinstance(self.ops, str) else list(self.ops)
             bad = [o for o in ops if o not in (*OP_KINDS, "all")]
@@ -255,6 +277,14 @@ class Recipe:
         if self.input is not None and self.ops is None:
             raise RecipeError("input: the input class rounds operands of ops; give the ops "
                               "to round, e.g. ops = [\"linear\", \"conv\"]")
+        for cls in MAC_CLASSES:
+            if getattr(self, cls) is not None and self.ops is None:
+                raise RecipeError(f"{cls}: the arithmetic inside products applies to ops; "
+                                  "give the ops to emulate, e.g. ops = [\"linear\", \"conv\"]")
+            spec = getattr(self, cls)
+            if spec is not None and spec.scaling is not None:
+                raise RecipeError(f"{cls}: scaling is not supported inside a product (a MAC "
+                                  "has no scale); remove the scaling table")
         scaling = self.grad_comm and self.grad_comm.scaling
         if scaling and scaling.method == "history":
             raise RecipeError("grad_comm: scaling method 'history' is not supported (the "
@@ -288,6 +318,15 @@ class Recipe:
         """The top-level spec of every tensor class."""
         return {c: getattr(self, c) for c in TENSOR_CLASSES}
 
+    def mac_specs(self) -> dict[str, QuantSpec | None]:
+        """The spec of every class of :data:`MAC_CLASSES` (``product``, ``accumulate``)."""
+        return {c: getattr(self, c) for c in MAC_CLASSES}
+
+    @property
+    def emulates_mac(self) -> bool:
+        """True if the recipe rounds inside its products (``product`` or ``accumulate``)."""
+        return self.product is not None or self.accumulate is not None
+
     def for_layer(self, name: str, positions: Collection[str] = ()) -> dict[str, QuantSpec | None]:
         """The specs of layer ``name``: top level, then every matching override in order.
 
@@ -314,6 +353,9 @@ class Recipe:
             d["grad_comm"] = self.grad_comm.to_dict()
         if self.ops is not None:
             d["ops"] = list(self.ops)
+        d.update({c: s.to_dict() for c, s in self.mac_specs().items() if s is not None})
+        if self.emulates_mac:
+            d["accumulate_block"] = self.accumulate_block
         if self.overrides:
             d["overrides"] = {
                 pattern: {c: NONE if s is None else s.to_dict() for c, s in table.items()}
@@ -328,7 +370,8 @@ class Recipe:
             if not isinstance(d, Mapping):
                 raise RecipeError(f"expected a table, got {type(d).__name__}")
             _check_keys(d, (*TENSOR_CLASSES, "master_weights", "pack", "overrides", "name",
-                            "description", "grad_comm", "ops"))
+                            "description", "grad_comm", "ops", *MAC_CLASSES,
+                            "accumulate_block"))
             return cls(**d)
         except RecipeError as exc:
             raise RecipeError(f"{source}: {exc}") from None
