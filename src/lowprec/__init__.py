@@ -16,9 +16,10 @@ importing only the ones below it:
 
 from .numerics import presets as formats
 from .numerics import rounding
-from .numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, ScaleExponent
+from .numerics.formats import FixedPoint, FloatingPoint, Format, PowerOfTwo
 from .numerics.mac import RoundTo, mac_bmm, mac_conv2d, mac_matmul
 from .numerics.quantize import quantize
+from .numerics.scale_exponent import ScaleExponent
 from .numerics.scaling import ScaledFormat, ScaleState, Scaling
 from .numerics.telemetry import QuantInfo, TelemetryLog
 from .train import recipes

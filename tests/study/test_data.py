@@ -36,9 +36,11 @@ from lowprec.study.data import (
     pad_crop,
     random_crop_flip,
     read_cifar10_batch,
+    read_cifar10_folder,
     read_idx,
     restricted_pickle_load,
 )
+from lowprec.study.data.dataset import content_digest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEV_CIFAR = (REPO_ROOT / ".." / "shared" / "datasets" / "cifar-10-batches-py").resolve()
@@ -170,7 +172,8 @@ def test_fake_cifar_loads_through_real_code_path(
     assert ds.train_x.shape == (5 * N_PER_BATCH, 3, 32, 32) and ds.train_x.dtype == torch.float32
     assert ds.test_x.shape == (N_PER_BATCH, 3, 32, 32)
     assert ds.train_y.dtype == torch.int64 and ds.train_y.shape == (5 * N_PER_BATCH,)
-    assert str(folder) in ds.provenance and "JPEG" not in ds.provenance
+    assert "data_dir argument" in ds.provenance and "JPEG" not in ds.provenance
+    assert str(tmp_path) not in ds.provenance  # data named by content, not by folder
     assert ds.class_names[0] == "airplane"
     # Pixels survive exactly: channel-major rows -> NCHW.
     with open(folder / "data_batch_2", "rb") as fh:
@@ -223,14 +226,20 @@ def test_cifar_search_order_env_vars(
     b = write_fake_cifar(tmp_path / "b" / "cifar-10-batches-py", seed=2)
     c = write_fake_cifar(isolated / "cifar-10-batches-py", seed=3)
     monkeypatch.setenv("CIFAR10_DIR", str(b))
-    assert str(b) in load_dataset("cifar10", download=False).provenance
+    digest = {k: content_digest(*read_cifar10_folder(f)[:4])
+              for k, f in {"a": a, "b": b, "c": c}.items()}
+    found = load_dataset("cifar10", download=False).provenance
+    assert "$CIFAR10_DIR" in found and digest["b"] in found
     monkeypatch.setenv("LOWPREC_DATA_DIR", str(tmp_path / "a"))
-    assert str(a) in load_dataset("cifar10", download=False).provenance
+    found = load_dataset("cifar10", download=False).provenance
+    assert "$LOWPREC_DATA_DIR" in found and digest["a"] in found
     # data_dir beats both env vars
-    assert str(c) in load_dataset("cifar10", data_dir=c, download=False).provenance
+    found = load_dataset("cifar10", data_dir=c, download=False).provenance
+    assert "data_dir argument" in found and digest["c"] in found
     monkeypatch.delenv("LOWPREC_DATA_DIR")
     monkeypatch.delenv("CIFAR10_DIR")
-    assert "(cache)" in load_dataset("cifar10", download=False).provenance
+    found = load_dataset("cifar10", download=False).provenance
+    assert "(cache;" in found and digest["c"] in found
 
 
 def test_cifar_truncated_file_names_the_file(isolated: Path, tmp_path: Path) -> None:
@@ -380,7 +389,7 @@ def test_cifar_download_and_extract_with_matching_checksum(
     assert sorted(p.name for p in isolated.iterdir()) == ["cifar-10-batches-py"]
     # second load finds the cache, no network
     calls = serve(monkeypatch, {})
-    assert "(cache)" in load_dataset("cifar10").provenance and calls == []
+    assert "(cache;" in load_dataset("cifar10").provenance and calls == []
 
 
 def _member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 3) -> tarfile.TarInfo:
@@ -481,7 +490,7 @@ def test_fashion_mnist_env_and_parent_dir(
     other = write_fake_fmnist(tmp_path / "other")
     monkeypatch.delenv("LOWPREC_DATA_DIR")
     monkeypatch.setenv("FASHION_MNIST_DIR", str(other))
-    assert str(other) in load_dataset("fashion_mnist", download=False).provenance
+    assert "$FASHION_MNIST_DIR" in load_dataset("fashion_mnist", download=False).provenance
     assert load_dataset("fashion-mnist", data_dir=tmp_path / "parent").train_x.shape[0] == 30
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .formats import FixedPoint, FloatingPoint, Format, ParameterError, PowerOfTwo, ScaleExponent
+from .formats import FixedPoint, FloatingPoint, Format, ParameterError, PowerOfTwo
+from .scale_exponent import ScaleExponent
 from .scaling import ScaledFormat, Scaling
 from .standard import STANDARD
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, ScaleExponent, p3109
+from .formats import FixedPoint, FloatingPoint, Format, PowerOfTwo, p3109
+from .scale_exponent import ScaleExponent
 
 __all__ = ["STANDARD", "standard"]
 

@@ -19,7 +19,7 @@ __all__ = ["DOWNLOAD_TIMEOUT_S", "DataError", "cache_dir", "candidates", "dev_co
            "download", "md5_file", "not_found", "safe_members"]
 
 DOWNLOAD_TIMEOUT_S = 30.0
-_REPO_ROOT = Path(__file__).resolve().parents[3]
+_REPO_ROOT = Path(__file__).resolve().parents[4]  # src/lowprec/study/data/locate.py
 
 
 class DataError(RuntimeError):
