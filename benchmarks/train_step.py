@@ -85,7 +85,8 @@ def main() -> None:
     base_med, base_min = statistics.median(times[names[0]]), min(times[names[0]])
     print(f"cifar10_quick, batch {args.batch}, threads {args.threads}, "
           f"backend {os.environ.get('LOWPREC_BACKEND', 'auto')}, telemetry "
-          f"{args.telemetry}, {args.rounds} rounds (load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
+          f"{args.telemetry}, {args.rounds} rounds "
+          f"(load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
     print(f"{'recipe':22s} {'median ms':>10s} {'min ms':>8s} {'x fp32 (median)':>16s} "
           f"{'x fp32 (min)':>13s} {'per-round x fp32 p25-p75':>25s}")
     for n in names:

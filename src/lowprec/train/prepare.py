@@ -388,7 +388,12 @@ def _prepare_ops(model: nn.Module, recipe: Recipe, seed: int, telemetry_every: i
     def sync(p: nn.Parameter) -> None:
         _OWNERS[id(p)].sync()
 
+    def master(p: nn.Parameter) -> torch.Tensor:
+        layer = _OWNERS.get(id(p))
+        return p if layer is None else layer.masters.get(layer.names.get(id(p), ""), p)
+
     ops = OpRun(recipe, run, seed, eval_rounding, adopt, sync)
+    ops.master = master
     run.ops = ops
     run.handles.append(model.register_forward_pre_hook(run.begin_pass, prepend=True))
     run.handles += ops.attach(model)
