@@ -3,7 +3,10 @@
 One SGD step (forward, backward, ``opt.step()``) at batch 100 on random CIFAR-shaped
 input, with the reference solver (momentum 0.9, weight decay 0.004). Every recipe and an
 unprepared fp32 model are stepped round-robin in the same process, so a noisy machine
-slows them alike; the figure is the ratio of median step times (and of the minima). The
+slows them alike; the figure is the ratio of median step times (and of the minima), with
+the quartiles of the per-round ratios as the spread, and the ratio of median CPU times of
+the process (``time.process_time``: on a loaded machine steadier than the wall clock,
+since time spent waiting for a core is not counted). The
 target is 1.25x fp32 for the study's recipes with the library's defaults (QPyTorch's
 emulation of a similar network costs 8.7x). ``--telemetry`` picks what each recipe is
 run with: ``default`` (``prepare`` without ``telemetry_every``, as the README does),
@@ -76,11 +79,13 @@ def main() -> None:
         for _ in range(args.warmup):
             step()
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for n, step in steps.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             step()
             times[n].append(time.perf_counter() - t)
+            cpu[n].append(time.process_time() - c)
 
     base_med, base_min = statistics.median(times[names[0]]), min(times[names[0]])
     print(f"cifar10_quick, batch {args.batch}, threads {args.threads}, "
@@ -88,13 +93,15 @@ def main() -> None:
           f"{args.telemetry}, {args.rounds} rounds "
           f"(load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
     print(f"{'recipe':22s} {'median ms':>10s} {'min ms':>8s} {'x fp32 (median)':>16s} "
-          f"{'x fp32 (min)':>13s} {'per-round x fp32 p25-p75':>25s}")
+          f"{'x fp32 (min)':>13s} {'per-round x fp32 p25-p75':>25s} {'CPU ms':>7s} {'x fp32 (CPU)':>12s}")
     for n in names:
         med, lo = statistics.median(times[n]), min(times[n])
         q = statistics.quantiles([a / b for a, b in zip(times[n], times[names[0]],
                                                          strict=True)], n=4)
         print(f"{n:22s} {med * 1e3:10.1f} {lo * 1e3:8.1f} {med / base_med:16.2f} "
-              f"{lo / base_min:13.2f} {q[0]:18.2f}-{q[2]:.2f}")
+              f"{lo / base_min:13.2f} {q[0]:18.2f}-{q[2]:.2f} "
+              f"{statistics.median(cpu[n]) * 1e3:7.1f} "
+              f"{statistics.median(cpu[n]) / statistics.median(cpu[names[0]]):12.2f}")
 
 
 if __name__ == "__main__":
