@@ -93,7 +93,8 @@ def main() -> None:
           f"{args.telemetry}, {args.rounds} rounds "
           f"(load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
     print(f"{'recipe':22s} {'median ms':>10s} {'min ms':>8s} {'x fp32 (median)':>16s} "
-          f"{'x fp32 (min)':>13s} {'per-round x fp32 p25-p75':>25s} {'CPU ms':>7s} {'x fp32 (CPU)':>12s}")
+          f"{'x fp32 (min)':>13s} {'per-round x fp32 p25-p75':>25s} {'CPU ms':>7s} "
+          f"{'x fp32 (CPU)':>12s}")
     for n in names:
         med, lo = statistics.median(times[n]), min(times[n])
         q = statistics.quantiles([a / b for a, b in zip(times[n], times[names[0]],
