@@ -92,8 +92,9 @@ def _nearest(spec: QuantSpec) -> QuantSpec:
 class _Frame:
     __slots__ = ("name", "count", "hash", "entered")
 
-    def __init__(self, name: str) -> None:
-        self.name, self.count, self.hash = name, 0, zlib.crc32(name.encode())
+    def __init__(self, name: str, hash: int = 0) -> None:
+        """``hash``: ``crc32(name)``, computed once per module at attach (0 for ``""``)."""
+        self.name, self.count, self.hash = name, 0, hash
         self.entered = False
 
 
@@ -170,8 +171,8 @@ class OpRun:
         for name, m in model.named_modules():
             if m is model:
                 continue
-            handles.append(m.register_forward_pre_hook(
-                lambda mod, args, n=name: self._push(n)))
+            push = functools.partial(self._push, name, zlib.crc32(name.encode()))
+            handles.append(m.register_forward_pre_hook(lambda mod, args, f=push: f()))
             handles.append(m.register_forward_hook(self._pop, always_call=True))
         return handles
 
@@ -184,10 +185,10 @@ class OpRun:
         self.mode.__exit__(None, None, None)
         self.stack.clear()
 
-    def _push(self, name: str) -> None:
+    def _push(self, name: str, hash: int) -> None:
         """A submodule starts. Called outside the model's forward (a recomputation by
         activation checkpointing, in the backward), it enters the mode itself."""
-        frame = _Frame(name)
+        frame = _Frame(name, hash)
         if not self.stack:
             frame.entered = True
             self.mode.__enter__()
