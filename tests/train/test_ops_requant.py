@@ -13,13 +13,15 @@ import lowprec as lp
 def _mx_blocks(t: torch.Tensor, axis: int, block: int = 32) -> bool:
     """Blocks of ``block`` consecutive elements along ``axis`` (shorter if the axis is)
     each hold E4M3 values (torch's float8_e4m3fn cast) times one power-of-two scale
-    ``2**(floor(log2 amax) - 8)`` (OCP MX: E4M3's largest exponent is 8)."""
+    ``2**max(floor(log2 amax) - 8, -127)`` (OCP MX: E4M3's largest exponent is 8, E8M0's
+    smallest scale ``2**-127``)."""
     x = t.detach().double().movedim(axis, -1)
     n = x.shape[-1]
     size = min(block, n)
     x = x[..., : n // size * size].reshape(-1, size)
     amax = x.abs().amax(-1, keepdim=True)
-    scale = torch.where(amax > 0, torch.exp2(torch.floor(torch.log2(amax)) - 8), 1.0)
+    exp = torch.clamp(torch.floor(torch.log2(amax)) - 8, min=-127)
+    scale = torch.where(amax > 0, torch.exp2(exp), 1.0)
     e = x / scale
     return bool(torch.equal(e.float().to(torch.float8_e4m3fn).double(), e))
 
@@ -48,3 +50,20 @@ def test_mxfp8_backward_operands_blocked_along_their_reduction_axis() -> None:
         forward_axis_too.append(_mx_blocks(b, -1) and _mx_blocks(a, -2))
     assert not any(forward_axis_too)  # not merely every axis at once: along K only
 
+
+
+def test_mxfp8_multihead_attention_chunked_weight_requantized_from_its_master() -> None:
+    """nn.MultiheadAttention's q/k/v weights are views (chunks) of one parameter: each
+    backward product gets the same chunk of the fp32 master, blocked along its axis."""
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(64, 2)
+    with torch.no_grad():
+        mha.in_proj_weight.mul_(torch.exp2(torch.randint(-6, 7, (192, 64)).float()))
+    lp.prepare(mha, "mxfp8")
+    x = torch.randn(32, 2, 64, requires_grad=True)  # in_proj's dgrad: the chunks' masters
+    y, _ = mha(x, x, x)
+    with ProductRecorder() as bwd:
+        y.square().sum().backward()
+    assert len(bwd.calls) == 12  # out_proj 2, attention products 4, in_proj chunks 3 x 2
+    for name, (a, b) in bwd.calls:
+        assert _mx_blocks(a, -1) and _mx_blocks(b, -2), name

@@ -325,7 +325,10 @@ class OpRun:
                 if held:
                     if phase == "fwd":
                         return t  # the parameter holds Q_weight(master) already
-                    t = self.master(_param_of(t))  # type: ignore[arg-type]
+                    p = _param_of(t)
+                    m = self.master(p)  # type: ignore[arg-type]
+                    t = t if m is p else m.as_strided(  # the same view of the master
+                        t.shape, t.stride(), t.storage_offset() - p.storage_offset())
                 k = (*self._key(frame, index, cls == "input"), _CLASS_CODE[cls], operand)
             q = self.quantizer(frame, label, cls, operand if operand < 2 else 0, axis)
             if q is None:
