@@ -315,6 +315,8 @@ class OpRun:
             q = self.quantizer(frame, label, roles[-1][0], slot, axis)
             if held or q is not None:
                 self._note(frame, op, label, roles[-1][0], specs[roles[-1][0]].format)
+        if specs["error"] is not None and torch.is_grad_enabled():
+            self._note(frame, op, label, "error", specs["error"].format)
         key = self._key(frame, index, True)
 
         def rnd(operand: int, phase: str, t: torch.Tensor, axis: int) -> torch.Tensor:
