@@ -2,20 +2,23 @@
 
 A GPT (d=256, 4 heads, 2 blocks, vocab 256, tied embedding, learned positions, LayerNorm,
 GELU MLP, attention by ``F.scaled_dot_product_attention``) trains on 8 x 128 random
-tokens with AdamW. For each recipe the model is prepared with ``prepare``'s defaults
-(telemetry every step included) and the optimizer wrapped; after warm-up steps (which
-also compile the rounding kernel under ``LOWPREC_BACKEND=auto``) the median of the timed
-steps is compared with the unprepared fp32 step measured in the same run, on
-``--threads`` CPU threads.
+tokens with AdamW. For each recipe the model is prepared (``--telemetry``: ``default``,
+``prepare``'s; ``off``; ``N``, every N-th pass; several, comma-separated, each run) and
+the optimizer wrapped; after warm-up steps (which also compile the rounding kernel under
+``LOWPREC_BACKEND=auto``) every model is stepped round-robin, and the median step is
+compared with the unprepared fp32 step's, on ``--threads`` CPU threads.
 
     python benchmarks/gpt_step.py [--threads 2] [--steps 5] [--recipes fp8_hybrid,mxfp8]
+                                  [--telemetry default,1,off]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,45 +59,63 @@ class GPT(nn.Module):
         return F.linear(self.ln(x), self.wte.weight)
 
 
-def time_steps(recipe: str | None, steps: int, warmup: int) -> float:
-    """Median seconds per step (forward, backward, AdamW step) after ``warmup`` steps."""
+def stepper(recipe: str | None, telemetry: str) -> Callable[[], None]:
+    """A closure doing one training step (forward, backward, AdamW step) of a fresh GPT,
+    prepared unless ``recipe`` is None, telemetry ``"default"``, ``"off"`` or ``"N"``."""
     torch.manual_seed(0)
     model = GPT()
     if recipe is not None:
-        lp.prepare(model, recipe)
+        every = {} if telemetry == "default" else {
+            "telemetry_every": 0 if telemetry == "off" else int(telemetry)}
+        lp.prepare(model, recipe, **every)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     if recipe is not None:
         lp.wrap_optimizer(opt)
     g = torch.Generator().manual_seed(0)
-    times = []
-    for i in range(warmup + steps):
+
+    def step() -> None:
         idx = torch.randint(256, (8, 128), generator=g)
-        t0 = time.perf_counter()
         opt.zero_grad()
-        loss = F.cross_entropy(model(idx).flatten(0, 1), idx.roll(-1, 1).flatten())
-        loss.backward()
+        F.cross_entropy(model(idx).flatten(0, 1), idx.roll(-1, 1).flatten()).backward()
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    return step
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="timed rounds")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--recipes", default="fp8_hybrid,mxfp8")
+    p.add_argument("--telemetry", default="default",
+                   help="default | off | N, or several comma-separated (default: default)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    base = time_steps(None, args.steps, args.warmup)
-    print(f"GPT d=256, 2 blocks, 8x128 tokens, AdamW, {args.threads} threads, "
-          f"median of {args.steps} steps")
-    print(f"{'recipe':<14} {'s/step':>8} {'x fp32':>7}")
-    print(f"{'fp32 (plain)':<14} {base:>8.3f} {1.0:>7.2f}")
-    for name in args.recipes.split(","):
-        t = time_steps(name, args.steps, args.warmup)
-        print(f"{name:<14} {t:>8.3f} {t / base:>7.2f}")
+    settings = args.telemetry.split(",")
+    names = ["fp32 (plain)", *(r if len(settings) == 1 else f"{r}@{t}"
+                               for r in args.recipes.split(",") for t in settings)]
+    steps = {n: stepper(None if n == names[0] else n.split("@")[0],
+                        n.split("@")[1] if "@" in n else settings[0]) for n in names}
+    load0 = os.getloadavg()[0]
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.steps):
+        for n, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[n].append(time.perf_counter() - t0)
+    base = statistics.median(times[names[0]])
+    print(f"GPT d=256, 2 blocks, 8x128 tokens, AdamW, {args.threads} threads, telemetry "
+          f"{args.telemetry}, median of {args.steps} interleaved rounds "
+          f"(load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
+    print(f"{'recipe':<22} {'s/step':>8} {'x fp32':>7} {'per-round x fp32 min-max':>25}")
+    for n in names:
+        r = [a / b for a, b in zip(times[n], times[names[0]], strict=True)]
+        print(f"{n:<22} {statistics.median(times[n]):>8.3f} "
+              f"{statistics.median(times[n]) / base:>7.2f} {min(r):>18.2f}-{max(r):.2f}")
 
 
 if __name__ == "__main__":

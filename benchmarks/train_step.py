@@ -3,11 +3,18 @@
 One SGD step (forward, backward, ``opt.step()``) at batch 100 on random CIFAR-shaped
 input, with the reference solver (momentum 0.9, weight decay 0.004). Every recipe and an
 unprepared fp32 model are stepped round-robin in the same process, so a noisy machine
-slows them alike; the figure is the ratio of median step times (and of the minima). The
-target is 1.25x fp32 for the study's recipes (QPyTorch's emulation of a similar network
-costs 8.7x). Telemetry is off unless ``--telemetry-every`` is given.
+slows them alike; the figure is the ratio of median step times (and of the minima), with
+the quartiles of the per-round ratios as the spread, and the ratio of median CPU times of
+the process (``time.process_time``: on a loaded machine steadier than the wall clock,
+since time spent waiting for a core is not counted). The
+target is 1.25x fp32 for the study's recipes with the library's defaults (QPyTorch's
+emulation of a similar network costs 8.7x). ``--telemetry`` picks what each recipe is
+run with: ``default`` (``prepare`` without ``telemetry_every``, as the README does),
+``off`` (0), a number N (every N-th pass), or several, comma-separated: every recipe is
+then stepped once per setting in the same rounds (``fp12_sr@off``, ...).
 
     python benchmarks/train_step.py [--recipes fxp12_sr,pot7] [--rounds 30] [--threads 1]
+                                    [--telemetry default,off]
 """
 
 from __future__ import annotations
@@ -25,12 +32,15 @@ import lowprec as lp
 from lowprec.study.models import build_model, default_solver
 
 
-def stepper(recipe: str | None, batch: int, telemetry_every: int) -> Callable[[], None]:
-    """A closure doing one training step of a fresh cifar10_quick (prepared unless None)."""
+def stepper(recipe: str | None, batch: int, telemetry: str) -> Callable[[], None]:
+    """A closure doing one training step of a fresh cifar10_quick (prepared unless None)
+    with telemetry ``"default"`` (prepare's), ``"off"`` or every N-th pass (``"N"``)."""
     torch.manual_seed(0)
     model = build_model("cifar10_quick")
     if recipe is not None:
-        lp.prepare(model, recipe, telemetry_every=telemetry_every)
+        every = {} if telemetry == "default" else {
+            "telemetry_every": 0 if telemetry == "off" else int(telemetry)}
+        lp.prepare(model, recipe, **every)
     opt = default_solver("cifar10_quick").make_optimizer(model)
     if recipe is not None:
         lp.wrap_optimizer(opt, recipe)
@@ -54,33 +64,45 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: steadiest on a shared machine)")
-    ap.add_argument("--telemetry-every", type=int, default=0)
+    ap.add_argument("--telemetry", default="default",
+                    help="default | off | N, or several comma-separated (default: default)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    names = ["fp32 (unprepared)", *args.recipes.split(",")]
-    steps = {n: stepper(None if n.startswith("fp32 (") else n, args.batch, args.telemetry_every)
-             for n in names}
+    settings = args.telemetry.split(",")
+    names = ["fp32 (unprepared)", *(r if len(settings) == 1 else f"{r}@{t}"
+                                    for r in args.recipes.split(",") for t in settings)]
+    steps = {n: stepper(None if n.startswith("fp32 (") else n.split("@")[0], args.batch,
+                        n.split("@")[1] if "@" in n else settings[0]) for n in names}
+    load0 = os.getloadavg()[0]
     for step in steps.values():
         for _ in range(args.warmup):
             step()
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for n, step in steps.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             step()
             times[n].append(time.perf_counter() - t)
+            cpu[n].append(time.process_time() - c)
 
     base_med, base_min = statistics.median(times[names[0]]), min(times[names[0]])
     print(f"cifar10_quick, batch {args.batch}, threads {args.threads}, "
-          f"backend {os.environ.get('LOWPREC_BACKEND', 'auto')}, telemetry_every "
-          f"{args.telemetry_every}, {args.rounds} rounds (load average {os.getloadavg()[0]:.1f})")
-    print(f"{'recipe':18s} {'median ms':>10s} {'min ms':>8s} {'x fp32 (median)':>16s} "
-          f"{'x fp32 (min)':>13s}")
+          f"backend {os.environ.get('LOWPREC_BACKEND', 'auto')}, telemetry "
+          f"{args.telemetry}, {args.rounds} rounds "
+          f"(load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
+    print(f"{'recipe':22s} {'median ms':>10s} {'min ms':>8s} {'x fp32 (median)':>16s} "
+          f"{'x fp32 (min)':>13s} {'per-round x fp32 p25-p75':>25s} {'CPU ms':>7s} "
+          f"{'x fp32 (CPU)':>12s}")
     for n in names:
         med, lo = statistics.median(times[n]), min(times[n])
-        print(f"{n:18s} {med * 1e3:10.1f} {lo * 1e3:8.1f} {med / base_med:16.2f} "
-              f"{lo / base_min:13.2f}")
+        q = statistics.quantiles([a / b for a, b in zip(times[n], times[names[0]],
+                                                         strict=True)], n=4)
+        print(f"{n:22s} {med * 1e3:10.1f} {lo * 1e3:8.1f} {med / base_med:16.2f} "
+              f"{lo / base_min:13.2f} {q[0]:18.2f}-{q[2]:.2f} "
+              f"{statistics.median(cpu[n]) * 1e3:7.1f} "
+              f"{statistics.median(cpu[n]) / statistics.median(cpu[names[0]]):12.2f}")
 
 
 if __name__ == "__main__":

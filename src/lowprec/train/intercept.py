@@ -20,7 +20,10 @@ in the weight format, or as ``Q_weight(master)`` with ``master_weights``) by the
 that owns them: the module holding the parameter, adopted at its first use as a product
 operand (so the optimizer hooks of ``wrap_optimizer`` see it); a tied parameter has one
 owner and one master. Block scaling of an operand runs along the product's reduction
-axis (:mod:`.ops`); the backward reuses the forward-rounded operands.
+axis (:mod:`.ops`). The backward reuses the forward-rounded operands, except where a
+block-scaled spec rounds a linear or matmul: then each backward product rounds the
+unrounded operands (a held parameter's fp32 master) and the error along its own
+reduction axis (:mod:`.requant`).
 
 ``F.scaled_dot_product_attention``, when ``attention`` is listed, is decomposed into
 ``S = Q_in(q)·Q_in(k)^T · scale`` (+ mask) ``→ P = softmax(S) → dropout → Q_in(P)·Q_in(v)``,
@@ -56,9 +59,10 @@ from torch.overrides import TorchFunctionMode
 from ..numerics import presets
 from ..numerics.formats import Format
 from . import mac_ops
-from .ops import OPAQUE, Op, lookup
+from .ops import OPAQUE, REQUANT, Op, lookup
 from .quantizer import Quantizer, keyed_generator
 from .recipe import QuantSpec, Recipe
+from .requant import product
 
 __all__ = ["OpMode", "OpRun"]
 
@@ -80,6 +84,10 @@ def _with_axis(spec: QuantSpec, axis: int) -> QuantSpec:
     return dataclasses.replace(spec, scaling=dataclasses.replace(s, axis=axis))
 
 
+def _blocked(spec: QuantSpec | None) -> bool:
+    return spec is not None and spec.scaling is not None and spec.scaling.granularity == "block"
+
+
 def _nearest(spec: QuantSpec) -> QuantSpec:
     if spec.rounding != "stochastic":
         return spec
@@ -89,8 +97,9 @@ def _nearest(spec: QuantSpec) -> QuantSpec:
 class _Frame:
     __slots__ = ("name", "count", "hash", "entered")
 
-    def __init__(self, name: str) -> None:
-        self.name, self.count, self.hash = name, 0, zlib.crc32(name.encode())
+    def __init__(self, name: str, hash: int = 0) -> None:
+        """``hash``: ``crc32(name)``, computed once per module at attach (0 for ``""``)."""
+        self.name, self.count, self.hash = name, 0, hash
         self.entered = False
 
 
@@ -149,6 +158,8 @@ class OpRun:
         self.kinds = frozenset(recipe.ops or ())
         self.eval_nearest = eval_rounding == "nearest"
         self.adopt, self.sync = adopt, sync
+        #: the fp32 master of a parameter held in its weight format (``p``: none kept)
+        self.master: Callable[[nn.Parameter], torch.Tensor] = lambda p: p
         self.stack: list[_Frame] = []
         self.training = True
         self.specs: dict[str, dict[str, QuantSpec | None]] = {}
@@ -165,8 +176,8 @@ class OpRun:
         for name, m in model.named_modules():
             if m is model:
                 continue
-            handles.append(m.register_forward_pre_hook(
-                lambda mod, args, n=name: self._push(n)))
+            push = functools.partial(self._push, name, zlib.crc32(name.encode()))
+            handles.append(m.register_forward_pre_hook(lambda mod, args, f=push: f()))
             handles.append(m.register_forward_hook(self._pop, always_call=True))
         return handles
 
@@ -179,10 +190,10 @@ class OpRun:
         self.mode.__exit__(None, None, None)
         self.stack.clear()
 
-    def _push(self, name: str) -> None:
+    def _push(self, name: str, hash: int) -> None:
         """A submodule starts. Called outside the model's forward (a recomputation by
         activation checkpointing, in the backward), it enters the mode itself."""
-        frame = _Frame(name)
+        frame = _Frame(name, hash)
         if not self.stack:
             frame.entered = True
             self.mode.__enter__()
@@ -202,7 +213,7 @@ class OpRun:
     def quantizer(self, frame: _Frame, label: str, cls: str, slot: int,
                   axis: int = -1) -> Quantizer | None:
         """The quantizer of one (module, op position, class, operand): its own scale state."""
-        key = (frame.name, label, cls, slot, self.training)
+        key = (frame.name, label, cls, slot, self.training, axis)
         if key not in self.quantizers:
             spec = self.module_specs(frame.name)[cls]
             if spec is not None:
@@ -249,6 +260,13 @@ class OpRun:
         self._note(frame, op, label, "call", None)
         record = self.run.recording
         specs = self.module_specs(frame.name)
+        # block-scaled operands requantize for the backward (not yet combined with MAC
+        # emulation: a recipe with [accumulate] reuses the forward-rounded operands)
+        if func in REQUANT and not self.recipe.emulates_mac and any(
+                _blocked(specs[c]) for c in ("input", "weight", "error")):
+            out = self._requant(func, frame, op, label, index, args, kwargs, record)
+            if out is not None:
+                return self._output(frame, op, label, index, out, specs, record, error=False)
         if op.product:
             args = list(args)
             if func is torch.einsum and len(args) == 2 and isinstance(args[1], list | tuple):
@@ -290,12 +308,63 @@ class OpRun:
             self.sync(p)
         return held
 
+    def _requant(self, func: Any, frame: _Frame, op: Op, label: str, index: int,
+                 args: tuple[Any, ...], kwargs: dict[str, Any],
+                 record: bool) -> torch.Tensor | None:
+        """A linear / matmul whose backward products requantize along their own reduction
+        axes (:mod:`.requant`); ``None``: a call it does not cover (1-d, ``out=``, ...)."""
+        linear = REQUANT[func]
+        if set(kwargs) - ({"bias"} if linear else set()) or len(args) < 2:
+            return None
+        a, b = args[0], args[1]
+        bias = (args[2] if len(args) > 2 else kwargs.get("bias")) if linear else None
+        if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (a, b)) \
+                or b.ndim != 2 and linear or not linear and min(a.ndim, b.ndim) < 2:
+            return None
+        specs = self.module_specs(frame.name)
+        roles: list[tuple[str, bool]] = []  # per operand: class, held in its format
+        for slot, (_, axis) in enumerate(op.operands((a, b))):  # type: ignore[misc]
+            p = _param_of((a, b)[slot])
+            held = p is not None and specs["weight"] is not None and self._held(p, axis)
+            roles.append(("weight" if p is not None else "input", held))
+            q = self.quantizer(frame, label, roles[-1][0], slot, axis)
+            if held or q is not None:
+                self._note(frame, op, label, roles[-1][0], specs[roles[-1][0]].format)
+        if specs["error"] is not None and torch.is_grad_enabled():
+            self._note(frame, op, label, "error", specs["error"].format)
+        key = self._key(frame, index, True)
+
+        def rnd(operand: int, phase: str, t: torch.Tensor, axis: int) -> torch.Tensor:
+            if operand == 2:
+                cls, k = "error", (*key, _CLASS_CODE["error"])
+            else:
+                cls, held = roles[operand]
+                if held:
+                    if phase == "fwd":
+                        return t  # the parameter holds Q_weight(master) already
+                    p = _param_of(t)
+                    m = self.master(p)  # type: ignore[arg-type]
+                    t = t if m is p else m.as_strided(  # the same view of the master
+                        t.shape, t.stride(), t.storage_offset() - p.storage_offset())
+                k = (*self._key(frame, index, cls == "input"), _CLASS_CODE[cls], operand)
+            q = self.quantizer(frame, label, cls, operand if operand < 2 else 0, axis)
+            if q is None:
+                return t
+            # the roundings the reuse path does too keep its keys and telemetry
+            first = phase == "fwd" or phase == "dgrad" and operand == 2
+            gen = (keyed_generator(*k, *(() if first else (1,)))
+                   if q.spec.rounding == "stochastic" else None)
+            return q(t, record and first, generator=gen)
+
+        return product(linear, a, b, bias, rnd)
+
     def _output(self, frame: _Frame, op: Op, label: str, index: int, out: Any,
-                specs: dict[str, QuantSpec | None], record: bool) -> Any:
+                specs: dict[str, QuantSpec | None], record: bool, error: bool = True) -> Any:
         if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
             return out
         act = self.quantizer(frame, label, "activation", 0)
-        err = self.quantizer(frame, label, "error", 0) if out.requires_grad else None
+        err = (self.quantizer(frame, label, "error", 0) if error and out.requires_grad
+               else None)
         if act is None and err is None:
             return out
         for cls, q in (("activation", act), ("error", err)):

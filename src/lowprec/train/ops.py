@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OPAQUE", "OPS", "Op", "einsum_operands", "lookup"]
+__all__ = ["OPAQUE", "OPS", "REQUANT", "Op", "einsum_operands", "lookup"]
 
 Operands = Callable[[Sequence[Any]], list[tuple[int, int]]]  # args -> [(position, axis)]
 
@@ -129,6 +129,11 @@ OPS: dict[Any, Op] = {
     **{f: Op(k, _name(f), o) for f, (k, o) in _PRODUCTS.items()},
     **{f: Op(k, _name(f)) for f, k in _OTHERS.items()},
 }
+
+#: products whose backward requantizes block-scaled operands (:mod:`.requant`):
+#: function -> whether it is ``F.linear`` (else a 2-operand matmul)
+REQUANT: dict[Any, bool] = {F.linear: True, **dict.fromkeys(
+    (torch.matmul, _T.matmul, _T.__matmul__, torch.mm, _T.mm, torch.bmm, _T.bmm), False)}
 
 #: functions computing products that op-level rounding cannot see into
 OPAQUE = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell",

@@ -57,9 +57,9 @@ a recorded training pass (every ``telemetry_every``-th forward in training mode,
 optimizer step after it; ``0``: never) adds a :class:`~lowprec.quantinfo.QuantInfo` to the
 model's :class:`~lowprec.quantinfo.TelemetryLog` under ``"<layer>.<class>"`` (a layer's
 weight and bias pool together; optimizer state: ``"<layer>.update.<state name>"``);
-:func:`telemetry` returns its summary. Measuring costs a few float64 passes over each
-rounded tensor, several times the rounding itself: large models want ``telemetry_every``
-of 10 or more.
+:func:`telemetry` returns its summary. Measuring costs float64 reductions over each
+rounded tensor, in the rounding's own pass (1.4-2.4x that pass): the default records every
+10th pass (:data:`TELEMETRY_EVERY`).
 """
 
 from __future__ import annotations
@@ -100,8 +100,10 @@ _ATTR = "_lowprec_run"  # attribute of a prepared model holding its _Run
 _OWNERS: weakref.WeakValueDictionary[int, _Layer] = weakref.WeakValueDictionary()
 #: the data-dependent tensor classes: stochastic rounding streams differ per rank
 PER_RANK = ("activation", "error", "input")
-#: ``prepare``'s default ``telemetry_every`` for op-level recipes
-OP_TELEMETRY_EVERY = 100
+#: ``prepare``'s default ``telemetry_every``, module- and op-level alike (the CLI's too):
+#: recording every pass costs 0.3-0.4x an fp32 step of cifar10_quick and more of a GPT's
+#: (benchmarks/train_step.py, gpt_step.py)
+TELEMETRY_EVERY = 10
 def register_layer(cls: type[nn.Module]) -> type[nn.Module]:
     """Have :func:`prepare` quantize layers of type ``cls`` (also usable as a decorator).
 
@@ -307,9 +309,7 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
         recipe: a :class:`~lowprec.Recipe` or a preset name (:func:`lowprec.recipes.names`).
         seed: seeds the model's generator for stochastic rounding.
         telemetry_every: record telemetry every N-th training forward pass (0: never);
-            default 1 for module-level recipes, :data:`OP_TELEMETRY_EVERY` for op-level
-            ones (measuring every rounded operand of a transformer costs several times the
-            step: benchmarks/gpt_step.py).
+            default :data:`TELEMETRY_EVERY` (10; the first pass is recorded).
         pack: store the tensors autograd saves for backward as their format's packed
             integer codes (:class:`~lowprec.packing.PackHook`; exact); default: ``recipe.pack``.
         rank: this process's rank under data parallelism: stochastic roundings of the
@@ -328,7 +328,7 @@ def prepare(model: nn.Module, recipe: Recipe | str, *, seed: int = 0,
     if _ATTR in model.__dict__:
         raise ValueError("model is already prepared: call lowprec.unprepare(model) first")
     if telemetry_every is None:
-        telemetry_every = OP_TELEMETRY_EVERY if recipe.op_level else 1
+        telemetry_every = TELEMETRY_EVERY
     if type(telemetry_every) is not int or telemetry_every < 0:
         raise ValueError(f"telemetry_every must be an int >= 0, got {telemetry_every!r}")
     if recipe.op_level:
@@ -388,7 +388,12 @@ def _prepare_ops(model: nn.Module, recipe: Recipe, seed: int, telemetry_every: i
     def sync(p: nn.Parameter) -> None:
         _OWNERS[id(p)].sync()
 
+    def master(p: nn.Parameter) -> torch.Tensor:
+        layer = _OWNERS.get(id(p))
+        return p if layer is None else layer.masters.get(layer.names.get(id(p), ""), p)
+
     ops = OpRun(recipe, run, seed, eval_rounding, adopt, sync)
+    ops.master = master
     run.ops = ops
     run.handles.append(model.register_forward_pre_hook(run.begin_pass, prepend=True))
     run.handles += ops.attach(model)
