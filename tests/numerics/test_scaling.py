@@ -26,6 +26,7 @@ them here):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -416,43 +417,50 @@ def test_scaled_stochastic_rounding_is_unbiased(fmt: str, scaling: lp.Scaling) -
 
 def test_history_scaling_over_calls() -> None:
     s = lp.Scaling(method="history", history=3)
-    with pytest.raises(ValueError, match="stateful"):
+    with pytest.raises(ValueError, match="scale_state"):
         lp.quantize(torch.ones(3), "fp8_e4m3", scaling=s)
-    bound = s.stateful()
-    assert lp.Scaling().stateful() == lp.Scaling() and bound.state is not s.stateful().state
+    state = s.new_state()
+    assert lp.Scaling().new_state() is None and state is not s.new_state()
+    assert not any(f.name == "state" for f in dataclasses.fields(s))  # config only
     seen = []
     for amax in (1.0, 4.0, 2.0, 0.5, 0.25, 0.1):
-        y, info = lp.quantize(torch.tensor([amax, -amax / 3]), "fp8_e4m3", scaling=bound,
-                              return_info=True)
+        y, info = lp.quantize(torch.tensor([amax, -amax / 3]), "fp8_e4m3", scaling=s,
+                              scale_state=state, return_info=True)
         seen.append((math.log2(info.scales.item()), info.overflow))
     # scale from the max of the previous 3 amaxes (the current one on the first call)
     assert seen == [(-8, 0.0), (-8, 0.5), (-6, 0.0), (-6, 0.0), (-6, 0.0), (-7, 0.0)]
-    assert bound.state.count == 6
-    saved = copy.deepcopy(bound.state.state_dict())
-    other = lp.Scaling(method="history", history=3).stateful()
-    other.state.load_state_dict(saved)
-    assert torch.equal(other.state.amax, bound.state.amax)
-    bound.state.reset()
-    assert bound.state.count == 0 and bound.state.amax is None
+    assert state.count == 6
+    saved = copy.deepcopy(state.state_dict())
+    other = lp.Scaling(method="history", history=3).new_state()
+    other.load_state_dict(saved)
+    assert torch.equal(other.amax, state.amax)
+    state.reset()
+    assert state.count == 0 and state.amax is None
     with pytest.raises(ValueError, match="history length"):
-        lp.Scaling(method="history", history=4).stateful().state.load_state_dict(saved)
+        lp.Scaling(method="history", history=4).new_state().load_state_dict(saved)
+    with pytest.raises(ValueError, match="length"):
+        lp.quantize(torch.ones(3), "fp8_e4m3", scaling=lp.Scaling(method="history", history=4),
+                    scale_state=other)
 
 
 def test_history_per_block_and_shape_check() -> None:
-    s = lp.Scaling("block", block=4, method="history", history=2).stateful()
+    s = lp.Scaling("block", block=4, method="history", history=2)
+    state = s.new_state()
     a = torch.tensor([[1.0, 2, 3, 4, 100, 0, 0, 0]])
-    lp.quantize(a, "fp8_e4m3", scaling=s)
-    _, info = lp.quantize(a / 100, "fp8_e4m3", scaling=s, return_info=True)
+    lp.quantize(a, "fp8_e4m3", scaling=s, scale_state=state)
+    _, info = lp.quantize(a / 100, "fp8_e4m3", scaling=s, scale_state=state, return_info=True)
     assert info.scales.tolist() == [[2.0**-6, 2.0**-2]]  # from the first call's amaxes
     with pytest.raises(ValueError, match="state holds amax"):
-        lp.quantize(torch.ones(2, 8), "fp8_e4m3", scaling=s)
+        lp.quantize(torch.ones(2, 8), "fp8_e4m3", scaling=s, scale_state=state)
 
 
 def test_history_with_fp8_scale_format() -> None:
-    s = lp.Scaling(method="history", history=2, scale_format="fp8_e4m3").stateful()
+    s = lp.Scaling(method="history", history=2, scale_format="fp8_e4m3")
+    state = s.new_state()
     for v in (6.0, 60.0):
-        lp.quantize(torch.tensor([v]), "fp4_e2m1", scaling=s)
-    _, info = lp.quantize(torch.tensor([1.0]), "fp4_e2m1", scaling=s, return_info=True)
+        lp.quantize(torch.tensor([v]), "fp4_e2m1", scaling=s, scale_state=state)
+    _, info = lp.quantize(torch.tensor([1.0]), "fp4_e2m1", scaling=s, scale_state=state,
+                          return_info=True)
     assert info.scales.item() == 10.0  # 60 / 6, an E4M3 value
 
 

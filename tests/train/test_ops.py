@@ -230,4 +230,4 @@ def test_quantize_inside_autograd_and_quantizer_state() -> None:
     a, b = lp.Quantizer(spec), lp.Quantizer(spec)
     a(torch.full((4,), 100.0))
     assert a.state_dict()["scale"]["count"] == 1 and b.state_dict()["scale"]["count"] == 0
-    assert spec.scaling.state is None  # the recipe's config holds no state
+    assert not hasattr(spec.scaling, "state")  # the recipe's config holds no state

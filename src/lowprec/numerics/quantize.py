@@ -13,7 +13,7 @@ import torch
 from . import presets
 from .cast import check_inputs, round_measured
 from .formats import Format
-from .scaling import ScaledFormat, Scaling, scaled_round
+from .scaling import ScaledFormat, ScaleState, Scaling, scaled_round
 from .telemetry import QuantInfo
 
 __all__ = ["quantize"]
@@ -28,6 +28,7 @@ def quantize(
     rand_bits: int | None = None,
     overflow: str | None = None,
     scaling: Scaling | None = None,
+    scale_state: ScaleState | None = None,
     out: torch.Tensor | None = None,
     return_info: bool = False,
 ) -> Any:
@@ -43,6 +44,9 @@ def quantize(
         overflow: ``"saturate"`` or ``"inf"``; default ``"inf"`` if the format has inf.
         scaling: a :class:`~lowprec.scaling.Scaling` mapping the tensor's range onto
             the format before rounding (and back after).
+        scale_state: the :class:`~lowprec.scaling.ScaleState` of this tensor, for
+            ``scaling`` with ``method="history"`` (``scaling.new_state()``, kept by the
+            caller between calls: the config stays stateless).
         out: tensor to write into (may be ``x`` itself); its dtype may differ from x's.
         return_info: also return a :class:`~lowprec.quantinfo.QuantInfo`.
     """
@@ -57,7 +61,8 @@ def quantize(
     kwargs = {"generator": generator, "rand_bits": rand_bits, "overflow": overflow, "out": out}
     info = None
     if scaling is not None:
-        y, info = scaled_round(x, fmt, rounding, scaling, return_info, **kwargs)
+        y, info = scaled_round(x, fmt, rounding, scaling, return_info, state=scale_state,
+                               **kwargs)
     else:
         y, stats = round_measured(x, fmt, rounding, stats=return_info, **kwargs)
         if return_info:  # measured by the rounding pass itself (lowprec.numerics.kernel)

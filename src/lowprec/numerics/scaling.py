@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import InitVar, dataclass, field, replace
+from dataclasses import InitVar, dataclass, replace
 from typing import Any
 
 import torch
@@ -95,7 +95,7 @@ class ScaleState:
         elif self.amax.shape[1:] != current.shape:
             raise ValueError(
                 f"state holds amax for slices of shape {tuple(self.amax.shape[1:])}, this call "
-                f"has {tuple(current.shape)}: bind one state per tensor with Scaling.stateful()"
+                f"has {tuple(current.shape)}: keep one state per tensor (Scaling.new_state())"
             )
         used = self.amax[: min(self.count, self.length)].amax(0) if self.count else current
         self.amax[self.count % self.length] = current
@@ -127,12 +127,12 @@ class Scaling:
     (``quantize(..., return_info=True)``): shape ``()`` per tensor, ``(C,)`` per channel,
     ``x``'s shape with ``axis`` cut to the number of blocks per block.
 
-    Delayed scaling: ``Scaling(method="history", history=16)`` is a template (as in a
-    recipe); ``bound = template.stateful()`` carries its own :class:`ScaleState`, which
-    ``quantize(x, fmt, scaling=bound)`` reads and updates. The state lives in the bound
-    Scaling because ``quantize`` takes no state argument: keep one bound copy per tensor
-    (``copy.deepcopy`` of a bound copy copies its history). Using the template itself
-    raises ``ValueError`` rather than silently sharing one history between tensors.
+    Delayed scaling: ``Scaling(method="history", history=16)`` is configuration only (as
+    in a recipe); the history lives in a :class:`ScaleState` that the caller owns, one per
+    tensor, and passes along: ``quantize(x, fmt, scaling=s, scale_state=state)`` reads and
+    updates it (a training integration's :class:`lowprec.Quantizer` holds it). Without a
+    state, ``method="history"`` raises ``ValueError`` rather than silently sharing one
+    history between tensors.
     """
 
     granularity: str = "tensor"
@@ -145,7 +145,6 @@ class Scaling:
     history: int = 16
     nan_policy: str = "local"
     tensor_scale: bool = False
-    state: ScaleState | None = field(default=None, compare=False, repr=False)
     #: deprecated spelling of ``scale_rounding`` (it collided with the element rounding)
     rounding: InitVar[str | None] = None
 
@@ -171,21 +170,15 @@ class Scaling:
                 "tensor_scale=True needs a non-pow2 scale_format and granularity "
                 "'channel' or 'block' (it is NVFP4's second, per-tensor level)"
             )
-        if self.state is not None and self.state.length != self.history:
-            raise ValueError(f"state has length {self.state.length}, history={self.history}")
 
     @property
     def pow2(self) -> bool:
         """True for power-of-two (E8M0-like) scales."""
         return self.scale_format == "pow2"
 
-    def stateful(self) -> Scaling:
-        """A copy bound to a fresh :class:`ScaleState` (``self`` unless ``method="history"``).
-
-        Call it once per tensor (e.g. per layer and per role): a training integration keeps
-        one bound Scaling per tensor, and ``quantize(x, fmt, scaling=bound)`` updates it.
-        """
-        return replace(self, state=ScaleState(self.history)) if self.method == "history" else self
+    def new_state(self) -> ScaleState | None:
+        """A fresh :class:`ScaleState` for one tensor (``None`` unless ``method="history"``)."""
+        return ScaleState(self.history) if self.method == "history" else None
 
     def transposed(self, dim0: int = -2, dim1: int = -1) -> Scaling:
         """The same slices for ``x.transpose(dim0, dim1)``: ``axis`` follows the swap.
@@ -287,16 +280,17 @@ def _pow2_exponent_of(amax: float, fmt: Format, s: Scaling) -> int:
     return min(max(x + s.margin, EXP_MIN), EXP_MAX)
 
 
-def _tensor_exponent(x: torch.Tensor, fmt: Format, s: Scaling) -> int:
+def _tensor_exponent(x: torch.Tensor, fmt: Format, s: Scaling, state: ScaleState | None
+                     ) -> int:
     """The scale exponent of a whole tensor (``granularity="tensor"``, power-of-two)."""
-    if s.state is None:  # one pass over x, then scalar arithmetic
+    if state is None:  # one pass over x, then scalar arithmetic
         lo, hi = torch.aminmax(x)
         amax = max(float(hi), -float(lo))
         if math.isfinite(amax):
             return _pow2_exponent_of(amax, fmt, s)
     amax_t = _amax(x, None, s.nan_policy)[0].reshape(())
-    if s.state is not None:
-        amax_t = s.state.step(amax_t)
+    if state is not None:
+        amax_t = state.step(amax_t)
     return int(_pow2_exponent(amax_t, fmt, s))
 
 
@@ -400,16 +394,21 @@ def scaled_round(
     rand_bits: int | None = None,
     overflow: str | None = None,
     out: torch.Tensor | None = None,
+    state: ScaleState | None = None,
 ) -> tuple[torch.Tensor, QuantInfo | None]:
     """``y = s * round(x / s)`` per slice of ``scaling``; returns ``(y, QuantInfo or None)``.
 
     Called by :func:`lowprec.quantize` for ``scaling=`` (see there for the arguments; ``out``
-    may be ``x``). ``info.scales`` holds the per-slice scales (float64, NaN for NaN blocks).
+    may be ``x``; ``state`` is its ``scale_state``). ``info.scales`` holds the per-slice
+    scales (float64, NaN for NaN blocks).
     """
     if not isinstance(scaling, Scaling):
         raise TypeError(f"scaling must be a lowprec.Scaling, got {scaling!r}")
-    if scaling.method == "history" and scaling.state is None:
-        raise ValueError("method='history' needs a state: bind one with scaling.stateful()")
+    if scaling.method == "history" and state is None:
+        raise ValueError("method='history' needs a state: pass scale_state=scaling.new_state() "
+                         "(one per tensor, kept between calls)")
+    if state is not None and state.length != scaling.history:
+        raise ValueError(f"scale_state has length {state.length}, history={scaling.history}")
     if out is not None and out.shape != x.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, x has {tuple(x.shape)}")
     dtype = x.dtype if out is None else out.dtype
@@ -422,7 +421,7 @@ def scaled_round(
         # one scale for the tensor: round(x / 2**X) * 2**X is rounding x onto the format
         # shifted by 2**X (same codes, bias/fraction bits moved), exactly: one amax pass
         # and one rounding pass instead of four
-        exp = _tensor_exponent(x.detach(), fmt, scaling)
+        exp = _tensor_exponent(x.detach(), fmt, scaling, state)
         y, stats = round_measured(x, fmt.scaled_by(exp), rounding, generator=generator,
                                   rand_bits=rand_bits,
                                   overflow="saturate" if overflow is None else overflow,
@@ -435,8 +434,8 @@ def scaled_round(
         compute = _compute_dtype(x, fmt, rounding, scaling.pow2)
         xs, dims, back, compact = _view(x.detach().to(compute), scaling)
         amax, bad = _amax(xs, dims, scaling.nan_policy)
-        if scaling.state is not None:
-            amax = scaling.state.step(amax)
+        if state is not None:
+            amax = state.step(amax)
         if scaling.pow2:
             exps = _pow2_exponent(amax, fmt, scaling)
             sc = ((exps.to(torch.int64) + 1023) << 52).view(torch.float64)  # 2**X, exactly

@@ -2,10 +2,11 @@
 
 The split follows Transformer Engine's recipe/quantizer one: a :class:`QuantSpec` is
 frozen configuration (a recipe holds it, many tensors share it); a :class:`Quantizer`
-holds what one tensor's rounding needs over time: the spec, a bound copy of its scaling
-(:meth:`Scaling.stateful`: ``method="history"`` keeps its amax history here, never in
-the shared config) and where its random bits come from. ``Q = Quantizer(spec)``;
-``Q(x)`` is ``lowprec.quantize(x, spec.format, spec.rounding, ...)``.
+holds what one tensor's rounding needs over time: the spec, its scale state (a
+:class:`~lowprec.ScaleState` from :meth:`Scaling.new_state`: ``method="history"`` keeps
+its amax history here, never in the shared config) and where its random bits come from.
+``Q = Quantizer(spec)``; ``Q(x)`` is ``lowprec.quantize(x, spec.format, spec.rounding,
+...)``.
 
 Rounding inside autograd (:class:`Quantize`, :func:`quantize_ste`): the forward is
 ``y = Q_f(x)``; the backward passes the gradient straight through (``dL/dx = dL/dy``,
@@ -75,7 +76,8 @@ class Quantizer:
         if s is None:
             raise ValueError("Quantizer needs a format; 'none' (fp32) rounds nothing")
         self.spec: QuantSpec = s
-        self.scaling = None if s.scaling is None else s.scaling.stateful()
+        self.scaling = s.scaling
+        self.scale_state = None if s.scaling is None else s.scaling.new_state()
         self._stream = generator if callable(generator) else (lambda: generator)
         self.log, self.key = log, key
 
@@ -88,7 +90,7 @@ class Quantizer:
         record = record and self.log is not None
         y = quantize(x, s.format, s.rounding, generator=gen, rand_bits=s.rand_bits,
                      overflow=s.overflow, scaling=self.scaling if scaling is None else scaling,
-                     out=out, return_info=record)
+                     scale_state=self.scale_state, out=out, return_info=record)
         if record:
             y, info = y
             self.log.update(self.key, info)  # type: ignore[union-attr]
@@ -100,12 +102,12 @@ class Quantizer:
 
     def state_dict(self) -> dict[str, Any]:
         """The scale state (amax history) of ``method="history"``; ``{}`` otherwise."""
-        st = None if self.scaling is None else self.scaling.state
+        st = self.scale_state
         return {} if st is None else {"scale": st.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "scale" in state:
-            self.scaling.state.load_state_dict(state["scale"])  # type: ignore[union-attr]
+            self.scale_state.load_state_dict(state["scale"])  # type: ignore[union-attr]
 
 
 class _QuantizeFn(torch.autograd.Function):
