@@ -28,29 +28,13 @@ e.g. pot7): with pot7 activations and errors, every product of a layer fed by
 ReLU/max-pool is a shift; a layer fed by the data or an average pool needs multipliers
 in its forward pass.
 
-**Energy per operation** (Horowitz, ISSCC 2014, 45 nm, pJ; the table in STUDY.md):
-int add 8/16/32 bit 0.03/0.05/0.1; int multiply 8/32 bit 0.2/3.1; float add 16/32 bit
-0.4/0.9; float multiply 16/32 bit 1.1/3.7; 64-bit read: SRAM 8 KB 10, 32 KB 20, 1 MB
-100, DRAM 1300 to 2600. Rule between and beyond the points: ``E(d)`` is piecewise
-linear in a driver ``d`` through ``(0, 0)`` and the table's points, and proportional to
-``d`` past the last point::
-
-    integer add, n bits          d = n            (8, 0.03) (16, 0.05) (32, 0.1)
-    float add, n-bit format      d = n            (16, 0.4) (32, 0.9)
-    integer multiply, a x b bits d = a * b        (64, 0.2) (1024, 3.1)
-    float multiply               d = p_a * p_b    (121, 1.1) (576, 3.7)
-                                 (p: significand bits with the hidden bit, man + 1;
-                                  a fixed-point operand: its word length)
-    shift (a product with a power-of-two operand): an integer add of the wider
-                                 exponent field of the two operands (fixed point: 1 bit)
-    accumulate                   one add per product in the accumulator's format
-                                 (``recipe.accumulate``: integer add of its word
-                                 length for fixed point, float add of its width for
-                                 floating point), fp32 without one (the emulation then
-                                 sums in float32, like the study's)
-    memory                       bits * E64 / 64; E64 = 10, 20, 100 pJ (SRAM 8 KB,
-                                 32 KB, 1 MB) or 1300 pJ (DRAM, the table's low end).
-                                 Default DRAM: a batch-100 step's tensors exceed 1 MB.
+**Energy per operation**: :mod:`.energy` (Horowitz, ISSCC 2014, 45 nm): a product costs
+:func:`~.energy.product_pj` of its operand formats (a shift when one is a power of two),
+plus one add per product in the accumulator's format (``recipe.accumulate``: an integer
+add of its word length for fixed point, a float add of its width for floating point;
+fp32 without one, as the emulation then sums in float32, like the study's); memory costs
+``bits * E64 / 64`` at the chosen level (default DRAM: a batch-100 step's tensors exceed
+1 MB).
 
 **Traffic** per layer and step: each operand is read once per product type and each
 result written once (perfect on-chip reuse: a lower bound), in its class's bits::
