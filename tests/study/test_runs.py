@@ -53,6 +53,21 @@ def no_temp_files(folder: Path) -> bool:
     return not list(folder.rglob("*.tmp"))
 
 
+def interrupt_evaluation(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the ``n``-th evaluation raise KeyboardInterrupt: a run killed mid-epoch, after
+    its steps and before its checkpoint."""
+    calls = {"n": 0}
+    evaluate = experiment._Session.evaluate
+
+    def flaky(self: experiment._Session) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return evaluate(self)
+
+    monkeypatch.setattr(experiment._Session, "evaluate", flaky)
+
+
 def comparable(metrics: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
 
@@ -82,16 +97,7 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert whole.status == "done" and len(whole.metrics) == 2
 
     # interrupt during epoch 2's evaluation: epoch 1's checkpoint must survive intact
-    calls = {"n": 0}
-    evaluate = experiment._Session.evaluate
-
-    def flaky(self: experiment._Session) -> dict[str, float]:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return evaluate(self)
-
-    monkeypatch.setattr(experiment._Session, "evaluate", flaky)
+    interrupt_evaluation(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train_run(s, tmp_path / "b", digits, quiet=True)
     monkeypatch.undo()

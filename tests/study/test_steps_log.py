@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_runs import spec, tiny_digits
+from test_runs import interrupt_evaluation, spec, tiny_digits
 
 from lowprec import cli
 from lowprec.study import progress
@@ -51,16 +51,7 @@ def test_interrupted_and_resumed_run_logs_the_same_steps(
                 {k: record["telemetry"][key][k] for k in stats}, nan_ok=True), key
 
     # interrupted in epoch 2's evaluation (its steps logged, not checkpointed), and a line cut
-    calls = {"n": 0}
-    evaluate = experiment._Session.evaluate
-
-    def flaky(self: experiment._Session) -> dict[str, float]:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return evaluate(self)
-
-    monkeypatch.setattr(experiment._Session, "evaluate", flaky)
+    interrupt_evaluation(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train_run(s, tmp_path / "b", digits, quiet=True, tensorboard=True)
     monkeypatch.undo()
