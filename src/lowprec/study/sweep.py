@@ -52,7 +52,6 @@ import difflib
 import itertools
 import math
 import os
-import sys
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,16 +63,11 @@ import torch
 from ..numerics import presets as formats
 from ..numerics.formats import Format
 from ..train import recipes
-from ..train.recipe import QuantSpec, Recipe
+from ..train.recipe import QuantSpec, Recipe, parse_toml
 from .data import DATASETS
 from .models import MODELS
 from .rundir import SEEDS, RunError, check_name
 from .runs import RunSpec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["Sweep", "SweepError", "SweepRun", "Variant"]
 
@@ -160,12 +154,7 @@ class Sweep:
     @classmethod
     def from_toml(cls, text: str, source: str = "sweep", default_name: str = "sweep") -> Sweep:
         """Parse and expand sweep TOML text."""
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise SweepError(f"{source}: not valid TOML: {exc}") from None
-        except RecursionError:
-            raise SweepError(f"{source}: nested too deeply to parse") from None
+        data = parse_toml(text, source, SweepError)
         return dataclasses.replace(cls.from_dict(data, source, default_name), text=text)
 
     @classmethod

@@ -234,6 +234,17 @@ def _spec_from_dict(d: Mapping[str, Any]) -> QuantSpec:
     return QuantSpec(**kwargs)
 
 
+def parse_toml(text: str, source: str, error: type[ValueError] = RecipeError) -> dict[str, Any]:
+    """TOML text as data (nothing in it is executed); a malformed or absurdly nested text
+    raises ``error`` naming ``source``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise error(f"{source}: nested too deeply to parse") from None
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A :class:`QuantSpec` (or ``None``: fp32) per tensor class, plus per-layer overrides.
@@ -383,13 +394,7 @@ class Recipe:
     @classmethod
     def from_toml(cls, text: str, source: str = "recipe") -> Recipe:
         """Parse TOML text (data only: nothing in it is executed)."""
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise RecipeError(f"{source}: not valid TOML: {exc}") from None
-        except RecursionError:
-            raise RecipeError(f"{source}: nested too deeply to parse") from None
-        return cls.from_dict(data, source)
+        return cls.from_dict(parse_toml(text, source), source)
 
     def to_file(self, path: str | os.PathLike[str]) -> None:
         """Write the recipe as a human-editable TOML file."""
