@@ -407,3 +407,37 @@ def test_prepare_pack_is_bit_identical_and_read_from_the_recipe():
         assert torch.equal(a, b) and torch.equal(a, c)
     text = lp.recipes.get("pot7").replace(pack=True).to_toml()
     assert lp.Recipe.from_toml(text).pack is True
+
+
+def test_tuple_returning_layers_round_every_output() -> None:
+    """A registered MHA / LSTM (module level): every floating output is an activation."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.r = nn.LSTM(8, 8, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            y, w = self.a(x, x, x)
+            out, (h, c) = self.r(y)
+            return y, w, out, h, c
+
+    fmt = lp.formats.get("fxp12")
+    recipe = lp.Recipe(weight="fxp12", activation="fxp12", error="fxp12")
+    torch.manual_seed(0)
+    model = lp.prepare(Net(), recipe, telemetry_every=1, layers=[nn.MultiheadAttention, nn.LSTM])
+    outs = model(torch.randn(2, 5, 8))
+    for t in outs:
+        assert representable(t.detach(), fmt)
+    sum(t.sum() for t in outs[1:]).backward()
+    keys = set(lp.telemetry(model))
+    assert {"a.activation", "a.activation.out1", "r.activation", "r.activation.out2",
+            "a.error", "a.error.out1", "r.error.out1"} <= keys
+
+    class Dict(nn.Linear):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+            return {"y": super().forward(x)}
+
+    with pytest.raises(TypeError, match="op-level recipe"):
+        lp.prepare(nn.Sequential(Dict(2, 2)), recipe)(torch.ones(1, 2))

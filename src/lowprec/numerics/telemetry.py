@@ -32,7 +32,10 @@ import torch
 from .formats import Format
 from .kernel import STATS, merge_stats
 
-__all__ = ["QuantInfo", "TelemetryLog"]
+__all__ = ["SUMS", "QuantInfo", "TelemetryLog"]
+
+#: the additive counts and sums of :data:`~lowprec.numerics.kernel.STATS` (all but amax)
+SUMS = STATS[:-1]
 
 
 def _ratio(num: float, den: float) -> float:
@@ -89,6 +92,12 @@ class QuantInfo:
     @property
     def sqnr_db(self) -> float:
         return _sqnr_db(self.signal, self.noise)
+
+    @classmethod
+    def of_sums(cls, sums: dict[str, float]) -> QuantInfo:
+        """The figures of pooled counts and sums (:data:`SUMS`; amax unknown: 0)."""
+        values = [sums[k] for k in SUMS] + [0.0]
+        return cls(int(sums["finite"]), torch.tensor(values, dtype=torch.float64))
 
     @classmethod
     def measure(cls, x: torch.Tensor, y: torch.Tensor, fmt: Format,
@@ -160,7 +169,8 @@ class TelemetryLog:
             assert p.last is not None
             last = {f"{k}_last": float(getattr(p.last, k)) for k in _STATS}
             out[name] = {"calls": float(p.calls), "numel": float(p.last.numel),
-                         **{k: float(getattr(pooled, k)) for k in _STATS}, **last}
+                         **{k: float(getattr(pooled, k)) for k in _STATS}, **last,
+                         **{k: float(getattr(pooled, k)) for k in SUMS}}
         return out
 
     def reset(self) -> None:

@@ -10,12 +10,11 @@ the step ends, so ``tail -f`` follows a run:
 ``seconds``    the step's wall time (loading its batch included)
 ``telemetry``  only on steps whose training pass was recorded (every
                ``telemetry_every``-th): per ``"<layer>.<class>"`` key of
-               :func:`lowprec.telemetry` rounded once in the step, the ``underflow``,
-               ``overflow`` and ``sqnr_db`` of that rounding. Keys rounded several times
-               in a step (``<layer>.update``: the weight's, then the bias's) are left out:
-               the public summary cannot split a pool into calls, and the last call alone
-               (the bias) would misrepresent the layer; ``metrics.jsonl`` pools them
-               exactly per epoch
+               :func:`lowprec.telemetry` rounded in the step, the ``underflow``,
+               ``overflow`` and ``sqnr_db`` of the step's roundings, pooled exactly (a key
+               rounded several times, such as ``<layer>.update``: the weight's and the
+               bias's, is the ratio of the step's summed counts and energies: the
+               difference of the summaries before and after the step)
 
 Resuming: the lines of a run with ``n`` finished (checkpointed) epochs are those of epochs
 ``1..n``; lines are fsynced at each epoch's end, before its checkpoint is written, and
@@ -44,6 +43,7 @@ from typing import IO, Any
 
 from torch import nn
 
+from ..numerics.telemetry import SUMS, QuantInfo
 from ..train import prepare as training
 
 __all__ = ["STEPS", "TENSORBOARD", "StepLog", "TensorBoardMissing", "read_steps",
@@ -106,7 +106,7 @@ class StepLog:
     def __init__(self, folder: Path, model: nn.Module, steps_per_epoch: int, done_epochs: int,
                  *, tensorboard: bool = False, write: bool = True) -> None:
         self.model, self.steps_per_epoch, self.write = model, steps_per_epoch, write
-        self._calls: dict[str, float] = {}
+        self._seen: dict[str, dict[str, float]] = {}
         self._file: IO[str] | None = None
         self._tb: Any = None
         if not write:
@@ -119,11 +119,17 @@ class StepLog:
             self._tb = writer(str(folder / TENSORBOARD), purge_step=first if done_epochs else None)
 
     def _telemetry(self) -> dict[str, dict[str, float]]:
-        """The tensors rounded exactly once, with telemetry, since the last call."""
+        """The figures of the tensors rounded, with telemetry, since the last call."""
         stats = training.telemetry(self.model)
-        new = {k: s for k, s in stats.items() if s["calls"] == self._calls.get(k, 0.0) + 1}
-        self._calls = {k: s["calls"] for k, s in stats.items()}
-        return {k: {s: new[k][f"{s}_last"] for s in STEP_STATS} for k in new}
+        out = {}
+        for key, now in stats.items():
+            before = self._seen.get(key)
+            if before is not None and before["calls"] == now["calls"]:
+                continue
+            info = QuantInfo.of_sums({k: now[k] - (before[k] if before else 0.0) for k in SUMS})
+            out[key] = {s: float(getattr(info, s)) for s in STEP_STATS}
+        self._seen = stats
+        return out
 
     def step(self, epoch: int, step: int, loss: float, lr: float, seconds: float) -> None:
         """Record 0-based global ``step`` of 0-based ``epoch``, after its optimizer step."""
@@ -151,8 +157,8 @@ class StepLog:
     def epoch(self, record: dict[str, Any]) -> None:
         """An epoch ended (``record``: its ``metrics.jsonl`` line): make its steps durable
         (call before writing its checkpoint) and log its test scalars. Forgets the
-        telemetry call counts, as :func:`~lowprec.study.runs.epoch_telemetry` resets them."""
-        self._calls = {}
+        telemetry seen so far, as :func:`~lowprec.study.runs.epoch_telemetry` resets it."""
+        self._seen = {}
         if not self.write:
             return
         assert self._file is not None

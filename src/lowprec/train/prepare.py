@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import itertools
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -231,12 +232,30 @@ class _Layer:
     def forward_pre_hook(self, module: nn.Module, args: Any) -> None:
         self.sync()
 
-    def forward_hook(self, module: nn.Module, args: Any, out: Any) -> torch.Tensor:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"lowprec: layer {self.name!r} returned {type(out).__name__}, "
-                            "not a tensor; only single-tensor outputs can be quantized")
-        act, err = self.rounder("activation", ""), self.rounder("error", "")
-        return _RoundOutput.apply(out, act, err, self.run.recording)
+    def forward_hook(self, module: nn.Module, args: Any, out: Any) -> Any:
+        """Every floating tensor the layer returns is an activation: a tensor, or the
+        tensors of a (nested) tuple/list such as ``nn.MultiheadAttention``'s
+        ``(output, weights)`` or ``nn.LSTM``'s ``(output, (h, c))``; the first is logged as
+        ``<layer>.activation``, the i-th after it as ``<layer>.activation.out<i>``."""
+        count = itertools.count()
+
+        def round_all(o: Any) -> Any:
+            if isinstance(o, torch.Tensor):
+                if not o.is_floating_point():
+                    return o
+                i = next(count)
+                tag = f"out{i}" if i else ""
+                act, err = self.rounder("activation", tag, tag), self.rounder("error", tag, tag)
+                return _RoundOutput.apply(o, act, err, self.run.recording)
+            if isinstance(o, (tuple, list)) and not hasattr(o, "_fields"):
+                return type(o)(round_all(e) for e in o)
+            if o is None:
+                return o
+            raise TypeError(f"lowprec: layer {self.name!r} returned {type(o).__name__}; "
+                            "a layer's outputs can be tensors or tuples/lists of them. Use an "
+                            "op-level recipe (ops = [...]) to round inside such a layer")
+
+        return round_all(out)
 
     @torch.no_grad()
     def before_step(self, name: str, p: nn.Parameter) -> None:
