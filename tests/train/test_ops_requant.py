@@ -3,9 +3,12 @@ product's reduction axis, checked on what aten's mm/bmm receive, against torch's
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from gpt_fixture import GPT, ProductRecorder
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lowprec as lp
 
@@ -67,3 +70,57 @@ def test_mxfp8_multihead_attention_chunked_weight_requantized_from_its_master() 
     assert len(bwd.calls) == 12  # out_proj 2, attention products 4, in_proj chunks 3 x 2
     for name, (a, b) in bwd.calls:
         assert _mx_blocks(a, -1) and _mx_blocks(b, -2), name
+
+
+
+class _ConvBackward(TorchDispatchMode):
+    """Records ``(grad_output, input, weight, output_mask)`` of every aten
+    ``convolution_backward`` (``torch.nn.grad.conv*_input/_weight`` pass a placeholder for
+    the operand they compute the gradient of)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[bool]]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+        if func is torch.ops.aten.convolution_backward.default:
+            self.calls.append((*(t.detach().clone() for t in args[:3]), list(args[-1])))
+        return func(*args, **(kwargs or {}))
+
+
+def test_mxfp8_conv_backward_operands_blocked_along_their_reduction_axis() -> None:
+    """dgrad gets the error in blocks along the output channels and the weight along its
+    output-channel axis 0; wgrad gets input and error in blocks along the batch axis (as
+    microxcaling's convolution)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(6, 40, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(40, 36, 3, stride=2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(torch.exp2(torch.randint(-6, 7, p.shape).float()))
+    lp.prepare(net, "mxfp8")
+    x = torch.randn(34, 6, 7, 7) * torch.exp2(torch.randint(-6, 7, (34, 6, 7, 7)).float())
+    y = net(x.requires_grad_())
+    with _ConvBackward() as bwd:
+        (y * torch.randn_like(y)).sum().backward()
+    masks = [mask for *_, mask in bwd.calls]
+    assert sorted(masks) == [[False, True, False]] * 2 + [[True, False, False]] * 2
+    for g, inp, w, (dgrad, wgrad, _) in bwd.calls:
+        if dgrad:  # reduces over the output channels
+            assert _mx_blocks(g, 1) and _mx_blocks(w, 0) and not _mx_blocks(w, 1)
+        if wgrad:  # reduces over the batch (and positions)
+            assert _mx_blocks(g, 0) and _mx_blocks(inp, 0) and not _mx_blocks(inp, 1)
+
+
+def test_mxfp8_conv_transpose_weight_blocked_along_its_input_channels() -> None:
+    """A transposed convolution's weight is ``(C_in, C_out, ...)``: its forward reduces
+    over axis 0."""
+    torch.manual_seed(0)
+    net = torch.nn.ConvTranspose2d(40, 36, 3)
+    with torch.no_grad():
+        net.weight.mul_(torch.exp2(torch.randint(-6, 7, net.weight.shape).float()))
+    lp.prepare(net, "mxfp8")
+    with ProductRecorder() as fwd:
+        net(torch.randn(2, 40, 5, 5))
+    ((_, (x, w)),) = fwd.calls
+    assert _mx_blocks(x, 1) and _mx_blocks(w, 0) and not _mx_blocks(w, 1)

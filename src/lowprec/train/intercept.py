@@ -62,7 +62,7 @@ from . import mac_ops
 from .ops import OPAQUE, REQUANT, Op, lookup
 from .quantizer import Quantizer, keyed_generator
 from .recipe import QuantSpec, Recipe
-from .requant import product
+from .requant import conv, product
 
 __all__ = ["OpMode", "OpRun"]
 
@@ -311,15 +311,23 @@ class OpRun:
     def _requant(self, func: Any, frame: _Frame, op: Op, label: str, index: int,
                  args: tuple[Any, ...], kwargs: dict[str, Any],
                  record: bool) -> torch.Tensor | None:
-        """A linear / matmul whose backward products requantize along their own reduction
-        axes (:mod:`.requant`); ``None``: a call it does not cover (1-d, ``out=``, ...)."""
-        linear = REQUANT[func]
-        if set(kwargs) - ({"bias"} if linear else set()) or len(args) < 2:
+        """A linear / matmul / convolution whose backward products requantize along their
+        own reduction axes (:mod:`.requant`); ``None``: a call it does not cover (1-d,
+        unbatched, ``out=``, string padding, ...)."""
+        kind = REQUANT[func]
+        names = {"linear": ("bias",), "matmul": (),
+                 "conv": ("bias", "stride", "padding", "dilation", "groups")}[kind]
+        if set(kwargs) - set(names) or len(args) < 2:
             return None
         a, b = args[0], args[1]
-        bias = (args[2] if len(args) > 2 else kwargs.get("bias")) if linear else None
+        given = dict(zip(names, args[2:], strict=False), **kwargs)
+        bias = given.get("bias")
         if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (a, b)) \
-                or b.ndim != 2 and linear or not linear and min(a.ndim, b.ndim) < 2:
+                or kind == "linear" and b.ndim != 2 or kind == "matmul" and min(a.ndim, b.ndim) < 2:
+            return None
+        conv_args = (given.get("stride", 1), given.get("padding", 0), given.get("dilation", 1),
+                     given.get("groups", 1))
+        if kind == "conv" and (a.ndim != b.ndim or isinstance(conv_args[1], str)):
             return None
         specs = self.module_specs(frame.name)
         roles: list[tuple[str, bool]] = []  # per operand: class, held in its format
@@ -356,7 +364,9 @@ class OpRun:
                    if q.spec.rounding == "stochastic" else None)
             return q(t, record and first, generator=gen)
 
-        return product(linear, a, b, bias, rnd)
+        if kind == "conv":
+            return conv(a, b, bias, conv_args, rnd)
+        return product(kind == "linear", a, b, bias, rnd)
 
     def _output(self, frame: _Frame, op: Op, label: str, index: int, out: Any,
                 specs: dict[str, QuantSpec | None], record: bool, error: bool = True) -> Any:

@@ -10,6 +10,7 @@ per-block scaling run along):
 ==============================================  =========================================
 ``F.linear(x, W, b)``                           x: -1, W: -1 (``y = x W^T``; b is added)
 ``F.conv*(x, W, b)``                            x: 1, W: 1 (input channels)
+``F.conv_transpose*(x, W, b)``                  x: 1, W: 0 (input channels)
 ``matmul / @ / mm / bmm (a, b)``                a: -1, b: -2 (b: -1 if 1-d)
 ``addmm / baddbmm / addbmm (c, a, b)``          a: -1, b: -2 (c is added)
 ``einsum(eq, *ops)`` with 2+ operands           each operand's first contracted index
@@ -92,9 +93,9 @@ def _einsum_operands(args: Sequence[Any]) -> list[tuple[int, int]]:
 _T = torch.Tensor
 _PRODUCTS: dict[Any, tuple[str, Operands]] = {
     F.linear: ("linear", _fixed((0, -1), (1, -1))),
-    **{f: ("conv", _fixed((0, 1), (1, 1))) for f in (
-        F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
-        F.conv_transpose3d)},
+    **{f: ("conv", _fixed((0, 1), (1, 1))) for f in (F.conv1d, F.conv2d, F.conv3d)},
+    **{f: ("conv", _fixed((0, 1), (1, 0))) for f in (  # W: (C_in, C_out / groups, ...)
+        F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)},
     **{f: ("matmul", _ab(0)) for f in (
         torch.matmul, _T.matmul, _T.__matmul__, torch.mm, _T.mm, torch.bmm, _T.bmm)},
     _T.__rmatmul__: ("matmul", lambda args: [(0, -2), (1, -1)]),
@@ -131,9 +132,12 @@ OPS: dict[Any, Op] = {
 }
 
 #: products whose backward requantizes block-scaled operands (:mod:`.requant`):
-#: function -> whether it is ``F.linear`` (else a 2-operand matmul)
-REQUANT: dict[Any, bool] = {F.linear: True, **dict.fromkeys(
-    (torch.matmul, _T.matmul, _T.__matmul__, torch.mm, _T.mm, torch.bmm, _T.bmm), False)}
+#: function -> ``"linear"``, ``"matmul"`` (2 operands) or ``"conv"``
+REQUANT: dict[Any, str] = {
+    F.linear: "linear",
+    **dict.fromkeys((torch.matmul, _T.matmul, _T.__matmul__, torch.mm, _T.mm, torch.bmm,
+                     _T.bmm), "matmul"),
+    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), "conv")}
 
 #: functions computing products that op-level rounding cannot see into
 OPAQUE = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell",

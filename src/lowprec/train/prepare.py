@@ -108,8 +108,10 @@ TELEMETRY_EVERY = 10
 def register_layer(cls: type[nn.Module]) -> type[nn.Module]:
     """Have :func:`prepare` quantize layers of type ``cls`` (also usable as a decorator).
 
-    The layer's own parameters are its weights and its output (a tensor that its
-    backward does not save) its activation.
+    The layer's own parameters are its weights and its outputs (tensors that its
+    backward does not save; each floating tensor of a returned tuple, e.g.
+    ``nn.MultiheadAttention``'s or ``nn.LSTM``'s) its activations. Global: prefer
+    ``prepare(..., layers=[cls])``, which adds ``cls`` for that call only.
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_layer expects an nn.Module subclass, got {cls!r}")

@@ -22,9 +22,19 @@ with ``a: (..., M, K)``, ``b: (..., K, N)``, both at least 2-d::
     dgrad    ∂a = Q^{-1}(g) · Q^{-1}(b)ᵀ               reduces over N
     wgrad    ∂b = Q^{-2}(a)ᵀ · Q^{-2}(g)               reduces over M
 
-(summed over broadcast batch axes). The error ``g`` is rounded twice from the same
-unrounded gradient, once per backward product. Convolutions, 1-d operands, ``einsum``
-and ``addmm``-style ops keep the forward-rounded operands (:mod:`.intercept`).
+(summed over broadcast batch axes). ``F.conv1d/2d/3d`` with ``x: (B, C, ...)``,
+``W: (O, C/groups, ...)``, ``g: (B, O, ...)``::
+
+    forward  y  = conv(Q^1(x), Q^1(W)) + b             reduces over C (and the kernel)
+    dgrad    ∂x = conv_input(Q^1(g), Q^0(W))           reduces over O
+    wgrad    ∂W = conv_weight(Q^0(x), Q^0(g))          reduces over B (and positions)
+    bias     ∂b = Σ_{B, positions} Q^1(g)
+
+(as microxcaling's convolution; with ``groups > 1`` a block along ``O`` may span two
+groups). The error ``g`` is rounded twice from the same unrounded gradient, once per
+backward product. Transposed convolutions, string padding, unbatched inputs, 1-d
+operands, ``einsum`` and ``addmm``-style ops keep the forward-rounded operands
+(:mod:`.intercept`).
 """
 
 from __future__ import annotations
@@ -35,7 +45,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Rounder", "product"]
+__all__ = ["ConvArgs", "Rounder", "conv", "product"]
+
+#: ``(stride, padding, dilation, groups)`` of a convolution, as ``F.conv*`` takes them
+ConvArgs = tuple[Any, Any, Any, int]
 
 #: ``rnd(operand, phase, t, axis)``: ``t`` rounded as operand 0 (a / x), 1 (b / W) or 2
 #: (the error) of phase ``"fwd"``, ``"dgrad"`` or ``"wgrad"``, blocks along ``axis``
@@ -78,6 +91,45 @@ class _Requant(torch.autograd.Function):
             if need_b:
                 gb = _sum_to(rnd(0, "wgrad", a, -2).mT @ rnd(2, "wgrad", g, -2), b.shape)
         return ga, gb, gbias, None, None
+
+
+_CONV = {1: (F.conv1d, torch.nn.grad.conv1d_input, torch.nn.grad.conv1d_weight),
+         2: (F.conv2d, torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight),
+         3: (F.conv3d, torch.nn.grad.conv3d_input, torch.nn.grad.conv3d_weight)}
+
+
+class _RequantConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                conv_args: ConvArgs, rnd: Rounder) -> torch.Tensor:
+        ctx.conv_args, ctx.rnd = conv_args, rnd
+        ctx.save_for_backward(x, w)
+        fwd = _CONV[x.ndim - 2][0]
+        return fwd(rnd(0, "fwd", x, 1), rnd(1, "fwd", w, 1), bias, *conv_args)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w = ctx.saved_tensors
+        rnd, (need_x, need_w, need_bias, _, _) = ctx.rnd, ctx.needs_input_grad
+        _, conv_input, conv_weight = _CONV[x.ndim - 2]
+        gx = gw = gbias = None
+        gd = rnd(2, "dgrad", g, 1) if need_x or need_bias else g
+        if need_x:
+            gx = conv_input(x.shape, rnd(1, "dgrad", w, 0), gd, *ctx.conv_args)
+        if need_w:
+            gw = conv_weight(rnd(0, "wgrad", x, 0), w.shape, rnd(2, "wgrad", g, 0),
+                             *ctx.conv_args)
+        if need_bias:
+            gbias = gd.sum([0, *range(2, gd.ndim)])
+        return gx, gw, gbias, None, None
+
+
+def conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, conv_args: ConvArgs,
+         rnd: Rounder) -> torch.Tensor:
+    """``F.conv{1,2,3}d(x, w, bias, *conv_args)`` (batched ``x``, numeric padding) with
+    every product's operands rounded by ``rnd`` along its reduction axis (module
+    docstring)."""
+    return _RequantConv.apply(x, w, bias, conv_args, rnd)
 
 
 def product(linear: bool, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
