@@ -62,7 +62,7 @@ from . import mac_ops
 from .ops import OPAQUE, REQUANT, Op, lookup
 from .quantizer import Quantizer, keyed_generator
 from .recipe import QuantSpec, Recipe
-from .requant import conv, product
+from .requant import product
 
 __all__ = ["OpMode", "OpRun"]
 
@@ -364,9 +364,7 @@ class OpRun:
                    if q.spec.rounding == "stochastic" else None)
             return q(t, record and first, generator=gen)
 
-        if kind == "conv":
-            return conv(a, b, bias, conv_args, rnd)
-        return product(kind == "linear", a, b, bias, rnd)
+        return product(kind, a, b, bias, rnd, conv_args)
 
     def _output(self, frame: _Frame, op: Op, label: str, index: int, out: Any,
                 specs: dict[str, QuantSpec | None], record: bool, error: bool = True) -> Any:

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ConvArgs", "Rounder", "conv", "product"]
+__all__ = ["ConvArgs", "Rounder", "product"]
 
 #: ``(stride, padding, dilation, groups)`` of a convolution, as ``F.conv*`` takes them
 ConvArgs = tuple[Any, Any, Any, int]
@@ -60,80 +60,69 @@ def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return t if t.shape == shape else t.sum_to_size(shape)
 
 
-class _Requant(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
-                linear: bool, rnd: Rounder) -> torch.Tensor:
-        ctx.linear, ctx.rnd = linear, rnd
-        ctx.save_for_backward(a, b)
-        qa = rnd(0, "fwd", a, -1)
-        if linear:
-            return F.linear(qa, rnd(1, "fwd", b, -1), bias)
-        return torch.matmul(qa, rnd(1, "fwd", b, -2))
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        a, b = ctx.saved_tensors
-        rnd, (need_a, need_b, need_bias, _, _) = ctx.rnd, ctx.needs_input_grad
-        ga = gb = gbias = None
-        gd = rnd(2, "dgrad", g, -1) if need_a or need_bias else g
-        if ctx.linear:
-            if need_a:
-                ga = gd @ rnd(1, "dgrad", b, 0)
-            if need_b:
-                g2, a2 = g.reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
-                gb = rnd(2, "wgrad", g2, 0).T @ rnd(0, "wgrad", a2, 0)
-            if need_bias:
-                gbias = gd.reshape(-1, gd.shape[-1]).sum(0)
-        else:
-            if need_a:
-                ga = _sum_to(gd @ rnd(1, "dgrad", b, -1).mT, a.shape)
-            if need_b:
-                gb = _sum_to(rnd(0, "wgrad", a, -2).mT @ rnd(2, "wgrad", g, -2), b.shape)
-        return ga, gb, gbias, None, None
-
-
 _CONV = {1: (F.conv1d, torch.nn.grad.conv1d_input, torch.nn.grad.conv1d_weight),
          2: (F.conv2d, torch.nn.grad.conv2d_input, torch.nn.grad.conv2d_weight),
          3: (F.conv3d, torch.nn.grad.conv3d_input, torch.nn.grad.conv3d_weight)}
 
 
-class _RequantConv(torch.autograd.Function):
+def _forward(kind: str, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
+             conv_args: ConvArgs, rnd: Rounder) -> torch.Tensor:
+    if kind == "linear":
+        return F.linear(rnd(0, "fwd", a, -1), rnd(1, "fwd", b, -1), bias)
+    if kind == "matmul":
+        return torch.matmul(rnd(0, "fwd", a, -1), rnd(1, "fwd", b, -2))
+    return _CONV[a.ndim - 2][0](rnd(0, "fwd", a, 1), rnd(1, "fwd", b, 1), bias, *conv_args)
+
+
+def _backward(kind: str, a: torch.Tensor, b: torch.Tensor, g: torch.Tensor,
+              need: tuple[bool, bool, bool], conv_args: ConvArgs,
+              rnd: Rounder) -> tuple[torch.Tensor | None, ...]:
+    """``(∂a, ∂b, ∂bias)`` of the module docstring's table, each ``None`` unless needed."""
+    ga = gb = gbias = None
+    gd = rnd(2, "dgrad", g, 1 if kind == "conv" else -1) if need[0] or need[2] else g
+    if kind == "linear":
+        if need[0]:
+            ga = gd @ rnd(1, "dgrad", b, 0)
+        if need[1]:
+            g2, a2 = g.reshape(-1, g.shape[-1]), a.reshape(-1, a.shape[-1])
+            gb = rnd(2, "wgrad", g2, 0).T @ rnd(0, "wgrad", a2, 0)
+        if need[2]:
+            gbias = gd.reshape(-1, gd.shape[-1]).sum(0)
+    elif kind == "matmul":
+        if need[0]:
+            ga = _sum_to(gd @ rnd(1, "dgrad", b, -1).mT, a.shape)
+        if need[1]:
+            gb = _sum_to(rnd(0, "wgrad", a, -2).mT @ rnd(2, "wgrad", g, -2), b.shape)
+    else:
+        _, conv_input, conv_weight = _CONV[a.ndim - 2]
+        if need[0]:
+            ga = conv_input(a.shape, rnd(1, "dgrad", b, 0), gd, *conv_args)
+        if need[1]:
+            gb = conv_weight(rnd(0, "wgrad", a, 0), b.shape, rnd(2, "wgrad", g, 0), *conv_args)
+        if need[2]:
+            gbias = gd.sum([0, *range(2, gd.ndim)])
+    return ga, gb, gbias
+
+
+class _Requant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-                conv_args: ConvArgs, rnd: Rounder) -> torch.Tensor:
-        ctx.conv_args, ctx.rnd = conv_args, rnd
-        ctx.save_for_backward(x, w)
-        fwd = _CONV[x.ndim - 2][0]
-        return fwd(rnd(0, "fwd", x, 1), rnd(1, "fwd", w, 1), bias, *conv_args)
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
+                kind: str, conv_args: ConvArgs, rnd: Rounder) -> torch.Tensor:
+        ctx.kind, ctx.conv_args, ctx.rnd = kind, conv_args, rnd
+        ctx.save_for_backward(a, b)
+        return _forward(kind, a, b, bias, conv_args, rnd)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, w = ctx.saved_tensors
-        rnd, (need_x, need_w, need_bias, _, _) = ctx.rnd, ctx.needs_input_grad
-        _, conv_input, conv_weight = _CONV[x.ndim - 2]
-        gx = gw = gbias = None
-        gd = rnd(2, "dgrad", g, 1) if need_x or need_bias else g
-        if need_x:
-            gx = conv_input(x.shape, rnd(1, "dgrad", w, 0), gd, *ctx.conv_args)
-        if need_w:
-            gw = conv_weight(rnd(0, "wgrad", x, 0), w.shape, rnd(2, "wgrad", g, 0),
-                             *ctx.conv_args)
-        if need_bias:
-            gbias = gd.sum([0, *range(2, gd.ndim)])
-        return gx, gw, gbias, None, None
+        a, b = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        return *_backward(ctx.kind, a, b, g, need, ctx.conv_args, ctx.rnd), None, None, None
 
 
-def conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, conv_args: ConvArgs,
-         rnd: Rounder) -> torch.Tensor:
-    """``F.conv{1,2,3}d(x, w, bias, *conv_args)`` (batched ``x``, numeric padding) with
-    every product's operands rounded by ``rnd`` along its reduction axis (module
-    docstring)."""
-    return _RequantConv.apply(x, w, bias, conv_args, rnd)
-
-
-def product(linear: bool, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
-            rnd: Rounder) -> torch.Tensor:
-    """``F.linear(a, b, bias)`` (``linear``) or ``a @ b`` with every product's operands
-    rounded by ``rnd`` along that product's reduction axis (module docstring)."""
-    return _Requant.apply(a, b, bias, linear, rnd)
+def product(kind: str, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None,
+            rnd: Rounder, conv_args: ConvArgs = (1, 0, 1, 1)) -> torch.Tensor:
+    """``F.linear(a, b, bias)`` (``kind="linear"``), ``a @ b`` (``"matmul"``) or
+    ``F.conv{1,2,3}d(a, b, bias, *conv_args)`` (``"conv"``: batched ``a``, numeric padding)
+    with every product's operands rounded by ``rnd`` along that product's reduction axis
+    (module docstring)."""
+    return _Requant.apply(a, b, bias, kind, conv_args, rnd)
