@@ -59,7 +59,8 @@ float64 rounding per output element and block (``benchmarks/mac.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,15 +121,48 @@ def _round(rounder: Rounder, x: torch.Tensor) -> torch.Tensor:
     return rounder(x, out=x) if isinstance(rounder, RoundTo) else rounder(x)
 
 
-class _FusedChain:
-    """``acc <- Q(acc + P[c])`` for ``c`` in a chunk of ``U`` blocks, one kernel call per chunk.
+#: element-steps below which a chain call runs on one thread (see :func:`_threads_for`)
+_GRAIN = 1 << 16
+#: elements before a block's sums in the buffers handed to the compiled chain: storage
+#: offsets are then never 0 or 1, which dynamo would compile graphs of their own for
+_LEAD = 2
 
-    ``Q`` is a :class:`RoundTo` onto an unscaled format. The ``U`` steps are
-    :func:`kernel.round_kernel` chained in one function, which ``torch.compile`` fuses into
-    one pass over ``acc`` that reads the ``U`` slices of ``P`` and keeps the partial sum in
-    registers (the Python loop then runs ``ceil(blocks / U)`` times, not once per block).
-    Eagerly (``LOWPREC_BACKEND=eager``, or when compiling fails) the same function runs
-    op by op: the same bits.
+
+@contextlib.contextmanager
+def _threads_for(work: int, device: torch.device) -> Iterator[None]:
+    """One CPU thread for a call on fewer than :data:`_GRAIN` element-steps.
+
+    Inductor's C++ kernels for dynamic shapes open an OpenMP parallel region whatever the
+    size (eager torch ops stay on one thread below a grain of 32768 elements), and waking
+    the second thread costs more than it saves on a small tile: tens of microseconds on a
+    quiet machine, milliseconds on a loaded one, where the weight gradients' thousands of
+    small sequential calls made it the main cost.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or work >= _GRAIN:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _FusedChain:
+    """``acc <- Q(acc + P[c])`` for the blocks ``c`` in order, ``_UNROLL`` blocks per kernel call.
+
+    ``Q`` is a :class:`RoundTo` onto an unscaled format. The ``U = _UNROLL`` steps of a
+    chunk are :func:`kernel.round_kernel` chained in one function, which ``torch.compile``
+    fuses into one pass over ``acc`` that reads the ``U`` slices of ``P`` and keeps the
+    partial sum in registers. The last ``r < U`` blocks run as one chunk padded with
+    ``-0.0`` blocks when ``r >= U / 2`` (``x + (-0) = x`` for every ``x``, ``-0`` and NaN
+    included, and ``Q`` leaves the values it returns unchanged: the padded steps change no
+    bit), else one call per block. Every call hands the compiled function the same layout
+    (flat, contiguous, storage offset ``>= 2`` for the blocks, 0 for ``acc``), so one graph
+    per rounding rule and chunk length (``U`` or 1) serves every shape: dynamo has nothing
+    else to specialise on. Eagerly (``LOWPREC_BACKEND=eager``, or when compiling fails)
+    the same function runs op by op: the same bits.
     """
 
     def __init__(self, rounder: RoundTo, device: torch.device) -> None:
@@ -140,17 +174,41 @@ class _FusedChain:
         _, self.grid, self.shape, _ = _constants(fmt, torch.float64, bits, device)
 
     def __call__(self, acc: torch.Tensor, parts: torch.Tensor) -> None:
-        """``acc`` (contiguous float64 ``[m, n]``) updated in place by ``parts[:U]``."""
-        u, (m, n) = parts.shape[0], acc.shape
+        """``acc`` (contiguous float64 ``[m, n]``) updated in place by ``parts`` (contiguous
+        ``[blocks, m, n]``), block after block."""
+        used, size = parts.shape[0], acc.numel()
+        flat_acc = acc.view(-1).detach()
+        blocks = parts.view(used, size).detach()
+        c0 = 0
+        while c0 < used:
+            left = used - c0
+            if left >= _UNROLL:
+                chunk = blocks[c0:c0 + _UNROLL]
+            elif 2 * left >= _UNROLL:
+                pad = acc.new_empty(_LEAD + _UNROLL * size)[_LEAD:].view(_UNROLL, size)
+                pad[:left].copy_(blocks[c0:])
+                pad[left:].fill_(-0.0)
+                chunk = pad
+            else:
+                chunk = blocks[c0:c0 + 1]
+            self._run(flat_acc, chunk.detach())
+            c0 += chunk.shape[0]
+
+    def _run(self, acc: torch.Tensor, chunk: torch.Tensor) -> None:
+        """One compiled (or eager) call: ``acc`` (flat) through the ``u`` blocks of ``chunk``."""
+        u, size = chunk.shape
         index = None
         seeds = kernel.zeros((u, 2), acc.device)
         if self.mode == "stochastic":
             seeds = torch.randint(-(2**31), 2**31, (u, 2), generator=self.generator,
                                   dtype=torch.int32).to(acc.device)
-            index = torch.arange(m * n, dtype=torch.int32, device=acc.device).view(m, n)
-        args = (acc, parts, self.grid, seeds, index, self.mode, self.overflow, self.shape)
-        variant = (u, self.mode, self.overflow, self.shape, acc.device.type)
-        _CHAIN(variant, u * m * n, *args)
+            index = torch.arange(size, dtype=torch.int32, device=acc.device)
+        args = (acc, chunk, self.grid, seeds, index, self.mode, self.overflow, self.shape)
+        # what dynamo specialises: sizes and storage offsets of 0 and 1
+        variant = (u, self.mode, self.overflow, self.shape, acc.device.type, min(size, 2),
+                   min(acc.storage_offset(), 2), min(chunk.storage_offset(), 2))
+        with _threads_for(u * size, acc.device):
+            _CHAIN(variant, u * size, *args)
 
 
 @torch.no_grad()
@@ -165,7 +223,7 @@ def _chain(acc: torch.Tensor, parts: torch.Tensor, grid: torch.Tensor, seeds: to
 
 #: the chain, compiled once a variant has run on enough elements (:mod:`.backend`)
 _CHAIN = Compiled(_chain, "mac_matmul accumulation")
-#: blocks per fused chunk (fewer at the end of a group: 4, 2, 1)
+#: blocks per fused chunk (:class:`_FusedChain`)
 _UNROLL = 8
 
 
@@ -203,14 +261,14 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
     Rows of ``M`` are independent: they are taken ``mc`` at a time and, for those rows, the
     ``nb = ceil(K / block)`` blocks ``g`` at a time (both chosen so that the float64 copies
     of operand blocks and the ``[g, mc, N]`` block sums hold about ``_TERMS_BUDGET``
-    elements). The block sums of a group are formed at once (:func:`_block_sums`), then the
-    accumulator runs through them (:func:`_accumulator`) in chunks of ``_UNROLL`` blocks,
-    the group's last ``r < _UNROLL`` blocks in chunks of the powers of two in ``r``. The
-    ragged last block is padded with exact zeros.
+    elements; ``g`` a multiple of ``_UNROLL`` unless it is ``nb``). The block sums of a group
+    are formed at once (:func:`_block_sums`), then the accumulator runs through them
+    (:func:`_accumulator`). The ragged last block is padded with exact zeros. The result and
+    the block sums live ``_LEAD`` elements into their buffers (:class:`_FusedChain`).
     """
     batch, m, k = a.shape
     n = b.shape[2]
-    out = a.new_zeros((batch, m, n), dtype=torch.float64)
+    out = a.new_zeros(_LEAD + batch * m * n, dtype=torch.float64)[_LEAD:].view(batch, m, n)
     if k == 0:
         return out
     step = block if accumulate is not None else min(k, 32)
@@ -218,12 +276,13 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
     width = max(n, step)
     mc = min(m, max(1, _TERMS_BUDGET // (min(nb, _UNROLL) * width)))
     g = min(nb, max(_UNROLL, _TERMS_BUDGET // (mc * width)))
+    g = g if g == nb else g - g % _UNROLL
     run = None if accumulate is None else _accumulator(accumulate, a.device)
     # operand blocks in float64, laid out like a (rows contiguous, or k contiguous)
     rows_major = a.stride(2) == 1
     ab = a.new_zeros((mc, g * step) if rows_major else (g * step, mc), dtype=torch.float64)
     bb = a.new_zeros((g * step, n), dtype=torch.float64)
-    parts = a.new_empty((g, mc, n), dtype=torch.float64)
+    parts = a.new_empty(_LEAD + g * mc * n, dtype=torch.float64)[_LEAD:]
     for i in range(batch):
         for r0 in range(0, m, mc):
             rows = min(mc, m - r0)
@@ -247,16 +306,12 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
                 if dirty:
                     bb[t:used * step].zero_()
                 bb[:t].copy_(b[i, k0:k0 + t])
-                p = parts[:used, :rows]
+                p = parts[:used * rows * n].view(used, rows, n)
                 _block_sums(p, blocks, bb[:used * step].view(used, step, n), product)
                 if run is None:
                     acc += p.sum(0)
-                    continue
-                c0 = 0
-                while c0 < used:
-                    u = min(_UNROLL, 1 << ((used - c0).bit_length() - 1))
-                    run(acc, p[c0:c0 + u])
-                    c0 += u
+                else:
+                    run(acc, p)
     return out
 
 
