@@ -66,6 +66,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental import _config as fx_config
 
 from . import kernel, presets
 from .backend import Compiled
@@ -204,11 +205,19 @@ class _FusedChain:
                                   dtype=torch.int32).to(acc.device)
             index = torch.arange(size, dtype=torch.int32, device=acc.device)
         args = (acc, chunk, self.grid, seeds, index, self.mode, self.overflow, self.shape)
-        # what dynamo specialises: sizes and storage offsets of 0 and 1
-        variant = (u, self.mode, self.overflow, self.shape, acc.device.type, min(size, 2),
-                   min(acc.storage_offset(), 2), min(chunk.storage_offset(), 2))
-        with _threads_for(u * size, acc.device):
+        with _threads_for(u * size, acc.device), _no_duck_sizing():
+            # what dynamo specialises: sizes and storage offsets of 0 and 1, thread count
+            variant = (u, self.mode, self.overflow, self.shape, acc.device.type, min(size, 2),
+                       min(acc.storage_offset(), 2), min(chunk.storage_offset(), 2),
+                       torch.get_num_threads())
             _CHAIN(variant, u * size, *args)
+
+
+def _no_duck_sizing() -> contextlib.AbstractContextManager[None]:
+    """Dynamo without duck sizing: sizes and offsets that happen to be equal when a graph is
+    compiled (an offset of 2 and the seeds' 2 columns, say) get no equality guard, so the
+    graph serves the next call, where they differ."""
+    return fx_config.patch(use_duck_shape=False)
 
 
 @torch.no_grad()
@@ -278,9 +287,10 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
     g = min(nb, max(_UNROLL, _TERMS_BUDGET // (mc * width)))
     g = g if g == nb else g - g % _UNROLL
     run = None if accumulate is None else _accumulator(accumulate, a.device)
-    # operand blocks in float64, laid out like a (rows contiguous, or k contiguous)
+    # a's blocks in float64: [blocks, rows, step] when a's rows are contiguous, else k-major
+    # [k, rows] (a transposed view, as weight gradients get): BLAS reads both without copies
     rows_major = a.stride(2) == 1
-    ab = a.new_zeros((mc, g * step) if rows_major else (g * step, mc), dtype=torch.float64)
+    ab = a.new_zeros(g * mc * step if rows_major else (g * step, mc), dtype=torch.float64)
     bb = a.new_zeros((g * step, n), dtype=torch.float64)
     parts = a.new_empty(_LEAD + g * mc * n, dtype=torch.float64)[_LEAD:]
     for i in range(batch):
@@ -291,13 +301,15 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
                 t = min(g * step, k - k0)
                 used = -(-t // step)
                 src = a[i, r0:r0 + rows, k0:k0 + t]
-                # the ragged block's padding, dirty only where an earlier group wrote there
-                dirty = k0 > 0
-                if rows_major:
-                    if dirty:
-                        ab[:rows, t:used * step].zero_()
-                    ab[:rows, :t].copy_(src)
-                    blocks = ab[:rows, :used * step].view(rows, used, step).transpose(0, 1)
+                dirty = k0 > 0  # the ragged block's padding, if an earlier group wrote there
+                if rows_major:  # blocks [used, rows, step], contiguous (BLAS's fast case)
+                    blocks = ab[:used * rows * step].view(used, rows, step)
+                    full, r = divmod(t, step)
+                    blocks[:full].copy_(src[:, :full * step].unflatten(1, (full, step))
+                                        .transpose(0, 1))
+                    if r:
+                        blocks[full, :, :r].copy_(src[:, full * step:])
+                        blocks[full, :, r:].zero_()
                 else:
                     if dirty:
                         ab[t:used * step, :rows].zero_()
