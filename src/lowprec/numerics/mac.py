@@ -381,8 +381,10 @@ def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int
 
     Row ``(n, y, x)``, column ``k = (c * kh + r) * kw + s`` holds
     ``x_pad[n, g C_in / groups + c, y sh + r dh, x sw + s dw]`` (``x_pad``: ``x`` zero-padded).
-    One strided copy of a window view of ``x_pad`` (``F.unfold``'s CPU kernel gathers element
-    by element, about 30x slower on cifar10_quick's layers); the same values.
+    One strided copy of a window view of ``x_pad`` into ``[groups, k, (n, y, x)]`` (runs of
+    ``W_out`` contiguous elements; ``F.unfold``'s CPU kernel gathers element by element, an
+    order of magnitude slower on cifar10_quick's layers), returned transposed: the values
+    of ``F.unfold``, k-major (as :func:`mac_bmm` reads them without another copy).
     """
     n, c_in, h, wd = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
@@ -391,10 +393,10 @@ def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int
     xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
     s_n, s_c, s_h, s_w = xp.stride()
     c_g = c_in // groups
-    windows = xp.as_strided((groups, n, h_out, w_out, c_g, kh, kw),
-                            (c_g * s_c, s_n, sh * s_h, sw * s_w, s_c, dh * s_h, dw * s_w),
+    windows = xp.as_strided((groups, c_g, kh, kw, n, h_out, w_out),
+                            (c_g * s_c, s_c, dh * s_h, dw * s_w, s_n, sh * s_h, sw * s_w),
                             xp.storage_offset())
-    return windows.reshape(groups, n * h_out * w_out, c_g * kh * kw)
+    return windows.reshape(groups, c_g * kh * kw, n * h_out * w_out).transpose(1, 2)
 
 
 def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
