@@ -48,13 +48,16 @@ Gradients are straight-through: those of the exact ``a @ b``.
 Speed
 -----
 The block sums of many blocks are formed at once, by one batched float64 product
-(``product=None``) or by rounding the products of one in-block position for all blocks at
-once; the accumulator then runs through them in order, ``Q_acc`` of 8 consecutive blocks
-fused into one ``torch.compile``'d pass per output tile (a graph per rounding mode, overflow
-rule and chunk length 8/4/2/1, compiled by :class:`.backend.Compiled` once a variant has run
-on enough elements, and cached on disk by torch; ``LOWPREC_BACKEND=eager`` runs the same
-function op by op, same bits). What remains is about one float64 FMA per term and one
-float64 rounding per output element and block (``benchmarks/mac.py``).
+(``product=None``; ``a``'s blocks copied contiguous, the layout BLAS runs fastest) or by
+rounding the products of one in-block position for all blocks at once; the accumulator then
+runs through them in order, ``Q_acc`` of 8 consecutive blocks fused into one
+``torch.compile``'d pass over the output tile (:class:`_FusedChain`: one graph per rounding
+rule and chunk length 8 or 1, whatever the shapes, compiled by :class:`.backend.Compiled`
+once a variant has run on enough elements and cached on disk by torch;
+``LOWPREC_BACKEND=eager`` runs the same function op by op, same bits; calls on small tiles
+run on one thread). What remains is about one float64 FMA per term, one float64 rounding
+per output element and block, and the copies of the operands into float64
+(``benchmarks/mac.py``, ``benchmarks/mac_step.py``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
