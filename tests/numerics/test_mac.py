@@ -318,3 +318,16 @@ def test_chunked_layouts_match_reference(monkeypatch: pytest.MonkeyPatch, budget
     for lhs in (a, a.T.contiguous().T):
         check(lhs, b, None, rule, 4)
         check(lhs, b, (fmt_of("fp8_e5m2"), "nearest", None), rule, 2)
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation", "groups"),
+                         [(1, 0, 1, 1), (2, 1, 1, 2), ((1, 2), (2, 0), (2, 1), 1)])
+def test_im2col_equals_unfold(stride, padding, dilation, groups) -> None:
+    """The window copy holds ``F.unfold``'s columns, per group, rows ``(n, y, x)``."""
+    from lowprec.numerics.mac import _pair, im2col
+
+    x = torch.randn(2, 4, 7, 6, generator=torch.Generator().manual_seed(14))
+    k, s, p, d = (3, 2), _pair(stride), _pair(padding), _pair(dilation)
+    cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # [n, C kh kw, cells]
+    want = cols.view(2, groups, -1, cols.shape[-1]).permute(1, 0, 3, 2).flatten(1, 2)
+    assert torch.equal(im2col(x, k, s, p, d, groups), want)

@@ -48,23 +48,28 @@ Gradients are straight-through: those of the exact ``a @ b``.
 Speed
 -----
 The block sums of many blocks are formed at once, by one batched float64 product
-(``product=None``) or by rounding the products of one in-block position for all blocks at
-once; the accumulator then runs through them in order, ``Q_acc`` of 8 consecutive blocks
-fused into one ``torch.compile``'d pass per output tile (a graph per rounding mode, overflow
-rule and chunk length 8/4/2/1, compiled by :class:`.backend.Compiled` once a variant has run
-on enough elements, and cached on disk by torch; ``LOWPREC_BACKEND=eager`` runs the same
-function op by op, same bits). What remains is about one float64 FMA per term and one
-float64 rounding per output element and block (``benchmarks/mac.py``).
+(``product=None``; ``a``'s blocks copied contiguous, the layout BLAS runs fastest) or by
+rounding the products of one in-block position for all blocks at once; the accumulator then
+runs through them in order, ``Q_acc`` of 8 consecutive blocks fused into one
+``torch.compile``'d pass over the output tile (:class:`_FusedChain`: one graph per rounding
+rule and chunk length 8 or 1, whatever the shapes, compiled by :class:`.backend.Compiled`
+once a variant has run on enough elements and cached on disk by torch;
+``LOWPREC_BACKEND=eager`` runs the same function op by op, same bits; calls on small tiles
+run on one thread). What remains is about one float64 FMA per term, one float64 rounding
+per output element and block, and the copies of the operands into float64
+(``benchmarks/mac.py``, ``benchmarks/mac_step.py``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental import _config as fx_config
 
 from . import kernel, presets
 from .backend import Compiled
@@ -120,15 +125,48 @@ def _round(rounder: Rounder, x: torch.Tensor) -> torch.Tensor:
     return rounder(x, out=x) if isinstance(rounder, RoundTo) else rounder(x)
 
 
-class _FusedChain:
-    """``acc <- Q(acc + P[c])`` for ``c`` in a chunk of ``U`` blocks, one kernel call per chunk.
+#: element-steps below which a chain call runs on one thread (see :func:`_threads_for`)
+_GRAIN = 1 << 16
+#: elements before a block's sums in the buffers handed to the compiled chain: storage
+#: offsets are then never 0 or 1, which dynamo would compile graphs of their own for
+_LEAD = 2
 
-    ``Q`` is a :class:`RoundTo` onto an unscaled format. The ``U`` steps are
-    :func:`kernel.round_kernel` chained in one function, which ``torch.compile`` fuses into
-    one pass over ``acc`` that reads the ``U`` slices of ``P`` and keeps the partial sum in
-    registers (the Python loop then runs ``ceil(blocks / U)`` times, not once per block).
-    Eagerly (``LOWPREC_BACKEND=eager``, or when compiling fails) the same function runs
-    op by op: the same bits.
+
+@contextlib.contextmanager
+def _threads_for(work: int, device: torch.device) -> Iterator[None]:
+    """One CPU thread for a call on fewer than :data:`_GRAIN` element-steps.
+
+    Inductor's C++ kernels for dynamic shapes open an OpenMP parallel region whatever the
+    size (eager torch ops stay on one thread below a grain of 32768 elements), and waking
+    the second thread costs more than it saves on a small tile: tens of microseconds on a
+    quiet machine, milliseconds on a loaded one, where the weight gradients' thousands of
+    small sequential calls made it the main cost.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or work >= _GRAIN:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _FusedChain:
+    """``acc <- Q(acc + P[c])`` for the blocks ``c`` in order, ``_UNROLL`` blocks per kernel call.
+
+    ``Q`` is a :class:`RoundTo` onto an unscaled format. The ``U = _UNROLL`` steps of a
+    chunk are :func:`kernel.round_kernel` chained in one function, which ``torch.compile``
+    fuses into one pass over ``acc`` that reads the ``U`` slices of ``P`` and keeps the
+    partial sum in registers. The last ``r < U`` blocks run as one chunk padded with
+    ``-0.0`` blocks when ``r >= U / 2`` (``x + (-0) = x`` for every ``x``, ``-0`` and NaN
+    included, and ``Q`` leaves the values it returns unchanged: the padded steps change no
+    bit), else one call per block. Every call hands the compiled function the same layout
+    (flat, contiguous, storage offset ``>= 2`` for the blocks, 0 for ``acc``), so one graph
+    per rounding rule and chunk length (``U`` or 1) serves every shape: dynamo has nothing
+    else to specialise on. Eagerly (``LOWPREC_BACKEND=eager``, or when compiling fails)
+    the same function runs op by op: the same bits.
     """
 
     def __init__(self, rounder: RoundTo, device: torch.device) -> None:
@@ -140,17 +178,49 @@ class _FusedChain:
         _, self.grid, self.shape, _ = _constants(fmt, torch.float64, bits, device)
 
     def __call__(self, acc: torch.Tensor, parts: torch.Tensor) -> None:
-        """``acc`` (contiguous float64 ``[m, n]``) updated in place by ``parts[:U]``."""
-        u, (m, n) = parts.shape[0], acc.shape
+        """``acc`` (contiguous float64 ``[m, n]``) updated in place by ``parts`` (contiguous
+        ``[blocks, m, n]``), block after block."""
+        used, size = parts.shape[0], acc.numel()
+        flat_acc = acc.view(-1).detach()
+        blocks = parts.view(used, size).detach()
+        c0 = 0
+        while c0 < used:
+            left = used - c0
+            if left >= _UNROLL:
+                chunk = blocks[c0:c0 + _UNROLL]
+            elif 2 * left >= _UNROLL:
+                pad = acc.new_empty(_LEAD + _UNROLL * size)[_LEAD:].view(_UNROLL, size)
+                pad[:left].copy_(blocks[c0:])
+                pad[left:].fill_(-0.0)
+                chunk = pad
+            else:
+                chunk = blocks[c0:c0 + 1]
+            self._run(flat_acc, chunk.detach())
+            c0 += chunk.shape[0]
+
+    def _run(self, acc: torch.Tensor, chunk: torch.Tensor) -> None:
+        """One compiled (or eager) call: ``acc`` (flat) through the ``u`` blocks of ``chunk``."""
+        u, size = chunk.shape
         index = None
         seeds = kernel.zeros((u, 2), acc.device)
         if self.mode == "stochastic":
             seeds = torch.randint(-(2**31), 2**31, (u, 2), generator=self.generator,
                                   dtype=torch.int32).to(acc.device)
-            index = torch.arange(m * n, dtype=torch.int32, device=acc.device).view(m, n)
-        args = (acc, parts, self.grid, seeds, index, self.mode, self.overflow, self.shape)
-        variant = (u, self.mode, self.overflow, self.shape, acc.device.type)
-        _CHAIN(variant, u * m * n, *args)
+            index = torch.arange(size, dtype=torch.int32, device=acc.device)
+        args = (acc, chunk, self.grid, seeds, index, self.mode, self.overflow, self.shape)
+        with _threads_for(u * size, acc.device), _no_duck_sizing():
+            # what dynamo specialises: sizes and storage offsets of 0 and 1, thread count
+            variant = (u, self.mode, self.overflow, self.shape, acc.device.type, min(size, 2),
+                       min(acc.storage_offset(), 2), min(chunk.storage_offset(), 2),
+                       torch.get_num_threads())
+            _CHAIN(variant, u * size, *args)
+
+
+def _no_duck_sizing() -> contextlib.AbstractContextManager[None]:
+    """Dynamo without duck sizing: sizes and offsets that happen to be equal when a graph is
+    compiled (an offset of 2 and the seeds' 2 columns, say) get no equality guard, so the
+    graph serves the next call, where they differ."""
+    return fx_config.patch(use_duck_shape=False)
 
 
 @torch.no_grad()
@@ -165,7 +235,7 @@ def _chain(acc: torch.Tensor, parts: torch.Tensor, grid: torch.Tensor, seeds: to
 
 #: the chain, compiled once a variant has run on enough elements (:mod:`.backend`)
 _CHAIN = Compiled(_chain, "mac_matmul accumulation")
-#: blocks per fused chunk (fewer at the end of a group: 4, 2, 1)
+#: blocks per fused chunk (:class:`_FusedChain`)
 _UNROLL = 8
 
 
@@ -203,14 +273,14 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
     Rows of ``M`` are independent: they are taken ``mc`` at a time and, for those rows, the
     ``nb = ceil(K / block)`` blocks ``g`` at a time (both chosen so that the float64 copies
     of operand blocks and the ``[g, mc, N]`` block sums hold about ``_TERMS_BUDGET``
-    elements). The block sums of a group are formed at once (:func:`_block_sums`), then the
-    accumulator runs through them (:func:`_accumulator`) in chunks of ``_UNROLL`` blocks,
-    the group's last ``r < _UNROLL`` blocks in chunks of the powers of two in ``r``. The
-    ragged last block is padded with exact zeros.
+    elements; ``g`` a multiple of ``_UNROLL`` unless it is ``nb``). The block sums of a group
+    are formed at once (:func:`_block_sums`), then the accumulator runs through them
+    (:func:`_accumulator`). The ragged last block is padded with exact zeros. The result and
+    the block sums live ``_LEAD`` elements into their buffers (:class:`_FusedChain`).
     """
     batch, m, k = a.shape
     n = b.shape[2]
-    out = a.new_zeros((batch, m, n), dtype=torch.float64)
+    out = a.new_zeros(_LEAD + batch * m * n, dtype=torch.float64)[_LEAD:].view(batch, m, n)
     if k == 0:
         return out
     step = block if accumulate is not None else min(k, 32)
@@ -218,12 +288,14 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
     width = max(n, step)
     mc = min(m, max(1, _TERMS_BUDGET // (min(nb, _UNROLL) * width)))
     g = min(nb, max(_UNROLL, _TERMS_BUDGET // (mc * width)))
+    g = g if g == nb else g - g % _UNROLL
     run = None if accumulate is None else _accumulator(accumulate, a.device)
-    # operand blocks in float64, laid out like a (rows contiguous, or k contiguous)
+    # a's blocks in float64: [blocks, rows, step] when a's rows are contiguous, else k-major
+    # [k, rows] (a transposed view, as weight gradients get): BLAS reads both without copies
     rows_major = a.stride(2) == 1
-    ab = a.new_zeros((mc, g * step) if rows_major else (g * step, mc), dtype=torch.float64)
+    ab = a.new_zeros(g * mc * step if rows_major else (g * step, mc), dtype=torch.float64)
     bb = a.new_zeros((g * step, n), dtype=torch.float64)
-    parts = a.new_empty((g, mc, n), dtype=torch.float64)
+    parts = a.new_empty(_LEAD + g * mc * n, dtype=torch.float64)[_LEAD:]
     for i in range(batch):
         for r0 in range(0, m, mc):
             rows = min(mc, m - r0)
@@ -232,13 +304,15 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
                 t = min(g * step, k - k0)
                 used = -(-t // step)
                 src = a[i, r0:r0 + rows, k0:k0 + t]
-                # the ragged block's padding, dirty only where an earlier group wrote there
-                dirty = k0 > 0
-                if rows_major:
-                    if dirty:
-                        ab[:rows, t:used * step].zero_()
-                    ab[:rows, :t].copy_(src)
-                    blocks = ab[:rows, :used * step].view(rows, used, step).transpose(0, 1)
+                dirty = k0 > 0  # the ragged block's padding, if an earlier group wrote there
+                if rows_major:  # blocks [used, rows, step], contiguous (BLAS's fast case)
+                    blocks = ab[:used * rows * step].view(used, rows, step)
+                    full, r = divmod(t, step)
+                    blocks[:full].copy_(src[:, :full * step].unflatten(1, (full, step))
+                                        .transpose(0, 1))
+                    if r:
+                        blocks[full, :, :r].copy_(src[:, full * step:])
+                        blocks[full, :, r:].zero_()
                 else:
                     if dirty:
                         ab[t:used * step, :rows].zero_()
@@ -247,16 +321,12 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
                 if dirty:
                     bb[t:used * step].zero_()
                 bb[:t].copy_(b[i, k0:k0 + t])
-                p = parts[:used, :rows]
+                p = parts[:used * rows * n].view(used, rows, n)
                 _block_sums(p, blocks, bb[:used * step].view(used, step, n), product)
                 if run is None:
                     acc += p.sum(0)
-                    continue
-                c0 = 0
-                while c0 < used:
-                    u = min(_UNROLL, 1 << ((used - c0).bit_length() - 1))
-                    run(acc, p[c0:c0 + u])
-                    c0 += u
+                else:
+                    run(acc, p)
     return out
 
 
@@ -308,12 +378,36 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+           padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> torch.Tensor:
+    """``[groups, N * H_out * W_out, C_in / groups * kh * kw]``: ``F.unfold``'s columns per group.
+
+    Row ``(n, y, x)``, column ``k = (c * kh + r) * kw + s`` holds
+    ``x_pad[n, g C_in / groups + c, y sh + r dh, x sw + s dw]`` (``x_pad``: ``x`` zero-padded).
+    One strided copy of a window view of ``x_pad`` into ``[groups, k, (n, y, x)]`` (runs of
+    ``W_out`` contiguous elements; ``F.unfold``'s CPU kernel gathers element by element, an
+    order of magnitude slower on cifar10_quick's layers), returned transposed: the values
+    of ``F.unfold``, k-major (as :func:`mac_bmm` reads them without another copy).
+    """
+    n, c_in, h, wd = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    s_n, s_c, s_h, s_w = xp.stride()
+    c_g = c_in // groups
+    windows = xp.as_strided((groups, c_g, kh, kw, n, h_out, w_out),
+                            (c_g * s_c, s_c, dh * s_h, dw * s_w, s_n, sh * s_h, sw * s_w),
+                            xp.storage_offset())
+    return windows.reshape(groups, c_g * kh * kw, n * h_out * w_out).transpose(1, 2)
+
+
 def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                dilation: int | tuple[int, int] = 1, groups: int = 1, *,
                product: RoundingSpec = None, accumulate: RoundingSpec = None,
                block: int = 1) -> torch.Tensor:
-    """``F.conv2d`` through im2col (``F.unfold``) and :func:`mac_bmm`.
+    """``F.conv2d`` through im2col (:func:`im2col`, ``F.unfold``'s columns) and :func:`mac_bmm`.
 
     Output ``[n, o, y, x]`` reduces over the ``C_in/groups * kh * kw`` terms of its group in
     ``F.unfold``'s order: input channel slowest, then kernel row, kernel column fastest,
@@ -328,9 +422,8 @@ def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
                          f"with groups={groups}")
     h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     w_out = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
+    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups)
     k = c_g * kh * kw
-    cols = cols.view(n, groups, k, -1).permute(1, 0, 3, 2).reshape(groups, -1, k)
     wm = w.reshape(groups, c_out // groups, k).transpose(1, 2)
     out = mac_bmm(cols, wm, product=product, accumulate=accumulate, block=block)
     out = out.view(groups, n, h_out * w_out, c_out // groups).permute(1, 0, 3, 2)

@@ -168,9 +168,8 @@ class _MacConv2d(torch.autograd.Function):
             gx = dgrad.conv2d(gd, wt.reshape(c_in, c_out // groups, kh, kw), (1, 1), (0, 0),
                               (dh, dw), groups).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            cols = F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(ph, pw), stride=(sh, sw))
-            k, cells = c_g * kh * kw, cols.shape[-1]
-            cols = cols.view(n, groups, k, cells).permute(1, 0, 3, 2).reshape(groups, -1, k)
+            cols = mac.im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups)
+            cells = g.shape[2] * g.shape[3]
             gm = g.reshape(n, groups, c_out // groups, cells).permute(1, 2, 0, 3)
             gw = wgrad.bmm(gm.reshape(groups, c_out // groups, -1), cols)
             gw = gw.reshape(c_out, c_g, kh, kw).to(w.dtype)
