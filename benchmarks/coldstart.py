@@ -11,7 +11,8 @@ Recipes (and, with ``--backends``, ``LOWPREC_BACKEND`` values) are run **interle
 one of each in turn per repeat, so that a changing load on the machine hits all of them
 alike; the figures are medians over ``--repeat`` runs, with the excess over the first
 recipe (``fp32``) of the same repeat, and the load average before and after.
-``--compare`` times the recipes after the first with another lowprec source tree too
+``--compare`` times the recipes after the first under the first backend with another
+lowprec source tree too
 (e.g. an older version, ``git archive``'d), in the same interleaved run.
 
     python benchmarks/coldstart.py [--recipes fp32,fp12_sr] [--repeat 3] \
@@ -60,8 +61,9 @@ def main() -> None:
     if args.compare:
         srcs["compare"] = args.compare.resolve()
     base, *others = args.recipes.split(",")
-    cases = [(base, "auto", "this")] + [(r, b, s) for r in others
-                                        for b in args.backends.split(",") for s in srcs]
+    backends = args.backends.split(",")
+    cases = [(base, "auto", "this")] + [(r, b, s) for r in others for b in backends
+                                        for s in (srcs if b == backends[0] else ["this"])]
     times: dict[tuple[str, ...], list[tuple[float, float]]] = {}
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:

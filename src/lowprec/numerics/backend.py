@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Hashable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -134,7 +136,9 @@ class Compiled:
         with self._lock:
             if self._compiled is None:
                 self._compiled = self.compiler(self.fn)
-            with torch._dynamo.config.patch(recompile_limit=_VARIANTS):
+            # dynamo (loaded by torch.compile) compiles the new variant under a higher limit
+            dynamo = sys.modules.get("torch._dynamo")
+            with dynamo.config.patch(recompile_limit=_VARIANTS) if dynamo else nullcontext():
                 result = self._compiled(*args)
         self._ready.add(variant)
         return result
