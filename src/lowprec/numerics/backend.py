@@ -48,7 +48,7 @@ import torch
 __all__ = ["EAGER_BUDGET", "Compiled", "backend"]
 
 #: elements a variant is called on eagerly, under ``auto``, before it is compiled
-EAGER_BUDGET = 1 << 18
+EAGER_BUDGET = 1 << 20
 
 _VARIANTS = 256  # dynamo's recompile limit while a new variant compiles (its default is 8)
 _EXAMPLE_ROWS = 1024  # the background compile's stand-ins have at most this many rows
@@ -147,14 +147,17 @@ class Compiled:
         self._queued.add(variant)
         if self._jobs is None:
             self._jobs = queue.SimpleQueue()
-            threading.Thread(target=self._work, name=f"lowprec: compile the {self.what}",
-                             daemon=True).start()
+            threading.Thread(target=self._work, name=f"lowprec: compile the {self.what}").start()
         self._jobs.put((variant, stand_ins(args), torch.is_grad_enabled()))
 
     def _work(self) -> None:
         assert self._jobs is not None
-        while True:
-            variant, example, grad = self._jobs.get()
+        main = threading.main_thread()
+        while main.is_alive():  # at exit: finish the compile under way, start no other
+            try:
+                variant, example, grad = self._jobs.get(timeout=0.05)
+            except queue.Empty:
+                continue
             try:
                 with torch.set_grad_enabled(grad):
                     self._compile(variant, example)
