@@ -3,39 +3,46 @@
 ``LOWPREC_BACKEND`` chooses:
 
 * ``eager``: the plain torch functions, never compiled;
-* ``compiled``: every call through ``torch.compile``, compiling a new variant before the
+* ``compiled``: every call through ``torch.compile``, a new variant compiled before the
   call returns (errors raise);
-* ``auto`` (default): compiled where that pays off, and never waiting for the compiler.
+* ``auto`` (default): compiled where that pays off, with as little waiting as possible.
 
 Under ``auto`` a *variant* (one graph: a rounding mode, dtypes, ...; the caller names it)
 runs eagerly until the elements it has been called on reach :data:`EAGER_BUDGET`
-(counting the call that crosses it). Then it is compiled **in a background thread**
-while the calls go on eagerly, and calls switch to the compiled graph as soon as it is
-ready. The eager and compiled kernels compute the same bits, and the switch changes
-nothing else (the caller draws its random seeds either way), so when it happens does not
-change a result.
+(counting the call that crosses it): about a second of eager work on a small CPU, what
+re-tracing and loading one graph from torch's on-disk caches costs (:mod:`.kernel`), so
+a variant is compiled once the eager calls have cost about what compiling it would
+("rent before buying"; at most twice the better of the two choices made in hindsight).
+Variants under the budget (a few hundred elements in all, for the study's models) are
+never compiled.
 
-Why not wait: compiling a variant costs seconds on a small CPU (about 5 s the first time;
-a fresh process that finds it in torch's on-disk caches, see :mod:`.kernel`, still pays
-inductor's one-time start-up, 2-4 s, and dynamo's re-trace, about 1 s per graph), while
-the eager kernel costs about a microsecond per element. A short run (a digits epoch: 5
-million elements, 3 variants above the budget) is over before compiling pays off, and a
-long one switches within seconds. Measured in docs/benchmarks.md (cold start).
+A fresh process also pays the compiler's start-up once, before its first graph: importing
+dynamo and inductor (:data:`_START_UP`, 2-4 s on a small CPU, more than a cached graph).
+That is done **in a background thread**, started when the first variant reaches the
+budget, while the calls go on eagerly; the first call after it compiles the variant(s)
+due, in the calling thread, and runs them compiled from then on.
 
-The background compile works on zero-filled stand-ins for the call's tensors (same
-dtypes, strides, storage offsets, aliasing; at most :data:`_EXAMPLE_ROWS` along the first
-dimension: the graph is compiled for symbolic sizes, ``dynamic=True``) under the call's
-grad mode, so the caller's tensors are never touched from another thread. One daemon
-thread compiles the variants one after another (dynamo holds a global compile lock
-anyway); a process that exits first simply leaves the rest uncompiled. A failing compile
-(no C++ toolchain, say) warns once, from the calling thread, and the helper stays eager
-for the process. Variants under the budget (a few hundred elements in all) never compile.
+Why only the imports are done in the background, and not the compile: dynamo saves the
+global torch and Python random states when it starts compiling and restores them when it
+ends (``torch._dynamo.convert_frame.preserve_global_state``), which would undo random
+numbers the training thread drew meanwhile (dropout, ``quantize`` without a generator);
+and a process that exited while a (daemon) thread compiled was seen to abort
+("terminate called without an active exception"). Importing touches no state of the
+caller's. The thread is not a daemon: at exit it finishes the import under way (a
+fraction of a second) and stops. Compiling in another process while this one runs
+eagerly was tried too: on a loaded 2-core machine it starved the training process (its
+CPU seconds are spent whether or not they pay off); see docs/benchmarks.md (cold start).
+
+The eager and compiled kernels compute the same bits and the caller draws its random
+seeds either way, so when the switch happens changes no result. A failing compile or
+start-up (no C++ toolchain, say) warns once, from the calling thread, and the helper
+stays eager for the process.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-import queue
 import sys
 import threading
 import warnings
@@ -45,15 +52,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["EAGER_BUDGET", "Compiled", "backend"]
+__all__ = ["EAGER_BUDGET", "Compiled", "backend", "start_up"]
 
 #: elements a variant is called on eagerly, under ``auto``, before it is compiled
 EAGER_BUDGET = 1 << 20
 
 _VARIANTS = 256  # dynamo's recompile limit while a new variant compiles (its default is 8)
-_EXAMPLE_ROWS = 1024  # the background compile's stand-ins have at most this many rows
+#: what compiling a first graph in a process imports (by far its slowest imports)
+_START_UP = ("torch._dynamo", "torch._inductor.compile_fx", "torch._inductor.lowering",
+             "torch._inductor.select_algorithm", "torch._inductor.codecache")
 
 Compiler = Callable[[Callable[..., Any]], Callable[..., Any]]
+#: ``start(alive)``: the compiler's start-up, stopping early once ``alive()`` is False
+StartUp = Callable[[Callable[[], bool]], None]
 
 
 def backend() -> str:
@@ -68,44 +79,40 @@ def _dynamic(fn: Callable[..., Any]) -> Callable[..., Any]:
     return torch.compile(fn, dynamic=True)
 
 
-def stand_ins(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Zero tensors shaped like the tensors in ``args`` (dtype, device, strides, storage
-    offset, the first dimension cut to :data:`_EXAMPLE_ROWS`; one stand-in per distinct
-    tensor, so aliasing is kept), detached; other arguments as they are."""
-    made: dict[int, torch.Tensor] = {}
+def start_up(alive: Callable[[], bool]) -> None:
+    """Import :data:`_START_UP`, one module after another while ``alive()``."""
+    for name in _START_UP:
+        if not alive():
+            return
+        importlib.import_module(name)
 
-    def stand_in(t: torch.Tensor) -> torch.Tensor:
-        size = list(t.shape)
-        if size and size[0] > _EXAMPLE_ROWS:
-            size[0] = _EXAMPLE_ROWS
-        span = sum((n - 1) * s for n, s in zip(size, t.stride(), strict=True)) + 1
-        base = torch.zeros(t.storage_offset() + max(span, 0), dtype=t.dtype, device=t.device)
-        return base.as_strided(size, t.stride(), t.storage_offset()).detach()
 
-    for a in args:
-        if isinstance(a, torch.Tensor) and id(a) not in made:
-            made[id(a)] = stand_in(a)
-    return tuple(made[id(a)] if isinstance(a, torch.Tensor) else a for a in args)
+def _new_variant() -> Any:
+    """Dynamo's recompile limit raised while a new variant compiles (where dynamo is loaded:
+    ``torch.compile`` loads it)."""
+    dynamo = sys.modules.get("torch._dynamo")
+    return dynamo.config.patch(recompile_limit=_VARIANTS) if dynamo else nullcontext()
 
 
 class Compiled:
     """``fn`` run eagerly or by ``compiler(fn)`` (``torch.compile(fn, dynamic=True)``), per
-    the module doc.
+    the module doc; ``start`` is the compiler's start-up, run in a background thread.
 
     ``self(variant, work, *args)`` calls ``fn(*args)``; ``variant`` (hashable) names the
     compiled graph the call needs, ``work`` its element count (for ``auto``'s budget).
     """
 
-    def __init__(self, fn: Callable[..., Any], what: str, compiler: Compiler = _dynamic) -> None:
-        self.fn, self.what, self.compiler = fn, what, compiler
+    def __init__(self, fn: Callable[..., Any], what: str, compiler: Compiler = _dynamic,
+                 start: StartUp = start_up) -> None:
+        self.fn, self.what, self.compiler, self.start = fn, what, compiler, start
         self.failed = False
         self._compiled: Callable[..., Any] | None = None
         self._eager_work: dict[Hashable, int] = {}
-        self._ready: set[Hashable] = set()  # variants compiled in this process
-        self._queued: set[Hashable] = set()  # handed to the background thread
-        self._jobs: queue.SimpleQueue[tuple[Hashable, tuple[Any, ...], bool]] | None = None
-        self._error: Exception | None = None  # of a background compile
-        self._lock = threading.Lock()  # one compile at a time
+        self._due: set[Hashable] = set()  # over the budget: compiled once started up
+        self._ready: set[Hashable] = set()  # compiled in this process
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()  # the start-up is done (or failed)
+        self._error: Exception | None = None  # of the start-up
 
     def __call__(self, variant: Hashable, work: int, *args: Any) -> Any:
         choice = backend()
@@ -116,54 +123,45 @@ class Compiled:
             return self._compiled(*args)
         if choice == "compiled":
             return self._compile(variant, args)
-        if self._error is not None:
-            self._give_up(self._error)
-        elif variant not in self._queued:
+        if variant not in self._due:
             done = self._eager_work.get(variant, 0) + work
             self._eager_work[variant] = done
             if done >= EAGER_BUDGET:
-                self._submit(variant, args)
+                self._due.add(variant)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._start_up, name=f"lowprec: start the compiler ({self.what})")
+                    self._thread.start()
+        if variant in self._due and self._started.is_set():
+            try:
+                if self._error is not None:
+                    raise self._error
+                return self._compile(variant, args)
+            except Exception as exc:
+                self._give_up(exc)
         return self.fn(*args)
 
     def wait(self) -> None:
-        """Block until the variants handed to the background thread are compiled (or one
-        failed): for tests and benchmarks."""
-        while self._queued - self._ready and self._error is None:
-            threading.Event().wait(0.01)
+        """Block until the background start-up is done: for tests and benchmarks."""
+        if self._thread is not None:
+            self._started.wait()
 
     def _compile(self, variant: Hashable, args: tuple[Any, ...]) -> Any:
-        """Call ``args`` compiled, compiling ``variant`` first (in whichever thread)."""
-        with self._lock:
-            if self._compiled is None:
-                self._compiled = self.compiler(self.fn)
-            # dynamo (loaded by torch.compile) compiles the new variant under a higher limit
-            dynamo = sys.modules.get("torch._dynamo")
-            with dynamo.config.patch(recompile_limit=_VARIANTS) if dynamo else nullcontext():
-                result = self._compiled(*args)
+        """Call ``args`` compiled, compiling ``variant`` first."""
+        if self._compiled is None:
+            self._compiled = self.compiler(self.fn)
+        with _new_variant():
+            result = self._compiled(*args)
         self._ready.add(variant)
         return result
 
-    def _submit(self, variant: Hashable, args: tuple[Any, ...]) -> None:
-        self._queued.add(variant)
-        if self._jobs is None:
-            self._jobs = queue.SimpleQueue()
-            threading.Thread(target=self._work, name=f"lowprec: compile the {self.what}").start()
-        self._jobs.put((variant, stand_ins(args), torch.is_grad_enabled()))
-
-    def _work(self) -> None:
-        assert self._jobs is not None
-        main = threading.main_thread()
-        while main.is_alive():  # at exit: finish the compile under way, start no other
-            try:
-                variant, example, grad = self._jobs.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            try:
-                with torch.set_grad_enabled(grad):
-                    self._compile(variant, example)
-            except Exception as exc:  # reported by the next call (in the caller's thread)
-                self._error = exc
-                return
+    def _start_up(self) -> None:
+        """The background thread (not a daemon: it must not be inside an import at exit)."""
+        try:
+            self.start(threading.main_thread().is_alive)
+        except Exception as exc:  # reported by the next call (in the caller's thread)
+            self._error = exc
+        self._started.set()
 
     def _give_up(self, exc: Exception) -> None:
         self.failed = True
