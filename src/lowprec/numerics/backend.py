@@ -79,12 +79,18 @@ def _dynamic(fn: Callable[..., Any]) -> Callable[..., Any]:
     return torch.compile(fn, dynamic=True)
 
 
+_START_LOCK = threading.Lock()  # one start-up at a time, whichever helper asks
+
+
 def start_up(alive: Callable[[], bool]) -> None:
-    """Import :data:`_START_UP`, one module after another while ``alive()``."""
-    for name in _START_UP:
-        if not alive():
-            return
-        importlib.import_module(name)
+    """Import :data:`_START_UP`, one module after another while ``alive()`` (once per
+    process: the helpers of several kernels take turns, so two threads never import the
+    compiler's mutually importing modules at once)."""
+    with _START_LOCK:
+        for name in _START_UP:
+            if not alive():
+                return
+            importlib.import_module(name)
 
 
 def _new_variant() -> Any:
