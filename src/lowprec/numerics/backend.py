@@ -17,7 +17,8 @@ Variants under the budget (a few hundred elements in all, for the study's models
 never compiled.
 
 A fresh process also pays the compiler's start-up once, before its first graph: importing
-dynamo and inductor (:data:`_START_UP`, 2-4 s on a small CPU, more than a cached graph).
+inductor and probing the C++ compiler (:func:`start_up`, 2-4 s on a small CPU, more than
+loading a cached graph).
 That is done **in a background thread**, started when the first variant reaches the
 budget, while the calls go on eagerly; the first call after it compiles the variant(s)
 due, in the calling thread, and runs them compiled from then on.
@@ -58,9 +59,11 @@ __all__ = ["EAGER_BUDGET", "Compiled", "backend", "start_up"]
 EAGER_BUDGET = 1 << 20
 
 _VARIANTS = 256  # dynamo's recompile limit while a new variant compiles (its default is 8)
-#: what compiling a first graph in a process imports (by far its slowest imports)
-_START_UP = ("torch._dynamo", "torch._inductor.compile_fx", "torch._inductor.lowering",
-             "torch._inductor.select_algorithm", "torch._inductor.codecache")
+#: what compiling a first graph in a process imports (by far its slowest imports; dynamo
+#: comes with ``import torch``)
+_START_UP = ("torch._inductor.compile_fx", "torch._inductor.lowering",
+             "torch._inductor.select_algorithm", "torch._inductor.codecache",
+             "torch._inductor.cpu_vec_isa")
 
 Compiler = Callable[[Callable[..., Any]], Callable[..., Any]]
 #: ``start(alive)``: the compiler's start-up, stopping early once ``alive()`` is False
@@ -83,14 +86,17 @@ _START_LOCK = threading.Lock()  # one start-up at a time, whichever helper asks
 
 
 def start_up(alive: Callable[[], bool]) -> None:
-    """Import :data:`_START_UP`, one module after another while ``alive()`` (once per
-    process: the helpers of several kernels take turns, so two threads never import the
-    compiler's mutually importing modules at once)."""
+    """Import :data:`_START_UP`, one module after another while ``alive()``, then find the
+    vector instructions inductor's C++ compiler accepts (it compiles probes; cached for the
+    process). Once per process: the helpers of several kernels take turns, so two threads
+    never import the compiler's mutually importing modules at once."""
     with _START_LOCK:
         for name in _START_UP:
             if not alive():
                 return
             importlib.import_module(name)
+        if alive():
+            sys.modules["torch._inductor.cpu_vec_isa"].valid_vec_isa_list()
 
 
 def _new_variant() -> Any:
