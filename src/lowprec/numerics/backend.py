@@ -9,19 +9,20 @@
 
 Under ``auto`` a *variant* (one graph: a rounding mode, dtypes, ...; the caller names it)
 runs eagerly until the elements it has been called on reach :data:`EAGER_BUDGET`
-(counting the call that crosses it): about a second of eager work on a small CPU, what
-re-tracing and loading one graph from torch's on-disk caches costs (:mod:`.kernel`), so
-a variant is compiled once the eager calls have cost about what compiling it would
-("rent before buying"; at most twice the better of the two choices made in hindsight).
+(counting the call that crosses it; a fraction of a second of eager work on a small CPU,
+less than re-tracing and loading one graph from torch's on-disk caches, :mod:`.kernel`).
 Variants under the budget (a few hundred elements in all, for the study's models) are
-never compiled.
+never compiled. (A budget of ``2**20``, "rent until the eager calls have cost what
+compiling would", was measured too: no gain, docs/benchmarks.md.)
 
 A fresh process also pays the compiler's start-up once, before its first graph: importing
 inductor and probing the C++ compiler (:func:`start_up`, 2-4 s on a small CPU, more than
 loading a cached graph).
 That is done **in a background thread**, started when the first variant reaches the
 budget, while the calls go on eagerly; the first call after it compiles the variant(s)
-due, in the calling thread, and runs them compiled from then on.
+due, in the calling thread, and runs them compiled from then on. The start-up is work the
+first compile would do anyway: where a core is idle it overlaps eager work instead of
+stalling it, and on a busy machine it costs no more CPU than before.
 
 Why only the imports are done in the background, and not the compile: dynamo saves the
 global torch and Python random states when it starts compiling and restores them when it
@@ -31,8 +32,9 @@ and a process that exited while a (daemon) thread compiled was seen to abort
 ("terminate called without an active exception"). Importing touches no state of the
 caller's. The thread is not a daemon: at exit it finishes the import under way (a
 fraction of a second) and stops. Compiling in another process while this one runs
-eagerly was tried too: on a loaded 2-core machine it starved the training process (its
-CPU seconds are spent whether or not they pay off); see docs/benchmarks.md (cold start).
+eagerly (filling torch's caches for this one to load) was tried too and dropped: it
+spends a whole second process's start-up and compile, whether or not the run lives long
+enough to use it, and on the loaded 2-core development machine it slowed the run itself.
 
 The eager and compiled kernels compute the same bits and the caller draws its random
 seeds either way, so when the switch happens changes no result. A failing compile or
@@ -56,7 +58,7 @@ import torch
 __all__ = ["EAGER_BUDGET", "Compiled", "backend", "start_up"]
 
 #: elements a variant is called on eagerly, under ``auto``, before it is compiled
-EAGER_BUDGET = 1 << 20
+EAGER_BUDGET = 1 << 18
 
 _VARIANTS = 256  # dynamo's recompile limit while a new variant compiles (its default is 8)
 #: what compiling a first graph in a process imports (by far its slowest imports; dynamo
