@@ -16,10 +16,10 @@ never compiled. (A budget of ``2**20``, "rent until the eager calls have cost wh
 compiling would", was measured too: no gain, docs/benchmarks.md.)
 
 A fresh process also pays the compiler's start-up once, before its first graph: importing
-inductor and probing the C++ compiler (:func:`start_up`, 2-4 s on a small CPU, more than
-loading a cached graph).
-That is done **in a background thread**, started when the first variant reaches the
-budget, while the calls go on eagerly; the first call after it compiles the variant(s)
+inductor and probing the C++ compiler (:func:`start_up`: 10.8 s alone on the loaded
+2-core machine of docs/benchmarks.md, more than loading a cached graph). That is done
+**in a background thread**, started when the first variant reaches the budget, while the
+calls go on eagerly; the first call after it compiles the variant(s)
 due, in the calling thread, and runs them compiled from then on. The start-up is work the
 first compile would do anyway: where a core is idle it overlaps eager work instead of
 stalling it, and on a busy machine it costs no more CPU than before.
@@ -30,8 +30,8 @@ ends (``torch._dynamo.convert_frame.preserve_global_state``), which would undo r
 numbers the training thread drew meanwhile (dropout, ``quantize`` without a generator);
 and a process that exited while a (daemon) thread compiled was seen to abort
 ("terminate called without an active exception"). Importing touches no state of the
-caller's. The thread is not a daemon: at exit it finishes the import under way (a
-fraction of a second) and stops. Compiling in another process while this one runs
+caller's. The thread is not a daemon: at exit it finishes the step under way (one
+import or the probes) and stops. Compiling in another process while this one runs
 eagerly (filling torch's caches for this one to load) was tried too and dropped: it
 spends a whole second process's start-up and compile, whether or not the run lives long
 enough to use it, and on the loaded 2-core development machine it slowed the run itself.
