@@ -3,32 +3,73 @@
 ``LOWPREC_BACKEND`` chooses:
 
 * ``eager``: the plain torch functions, never compiled;
-* ``compiled``: every call through ``torch.compile`` (errors raise);
-* ``auto`` (default): compile only where it pays off. Compiling one *variant* (one graph:
-  a rounding mode, dtypes, ...; the caller names it) costs seconds on a small CPU the first
-  time, a fraction of that when torch's on-disk caches hold it (see :mod:`.kernel`), while
-  the eager kernel costs about a microsecond per element there. So a variant runs eagerly
-  until the elements it has been called on reach :data:`EAGER_BUDGET` (counting the call
-  that crosses it), then compiled: small tensors and the first calls do not wait for a
-  compiler, large ones do not pay the eager price. A failing ``torch.compile`` (no C++
-  toolchain, say) warns once and the helper stays eager for the process.
+* ``compiled``: every call through ``torch.compile``, a new variant compiled before the
+  call returns (errors raise);
+* ``auto`` (default): compiled where that pays off, with as little waiting as possible.
+
+Under ``auto`` a *variant* (one graph: a rounding mode, dtypes, ...; the caller names it)
+runs eagerly until the elements it has been called on reach :data:`EAGER_BUDGET`
+(counting the call that crosses it; a fraction of a second of eager work on a small CPU,
+less than re-tracing and loading one graph from torch's on-disk caches, :mod:`.kernel`).
+Variants under the budget (a few hundred elements in all, for the study's models) are
+never compiled. (A budget of ``2**20``, "rent until the eager calls have cost what
+compiling would", was measured too: no gain, docs/benchmarks.md.)
+
+A fresh process also pays the compiler's start-up once, before its first graph: importing
+inductor and probing the C++ compiler (:func:`start_up`: 10.8 s alone on the loaded
+2-core machine of docs/benchmarks.md, more than loading a cached graph). That is done
+**in a background thread**, started when the first variant reaches the budget, while the
+calls go on eagerly; the first call after it compiles the variant(s)
+due, in the calling thread, and runs them compiled from then on. The start-up is work the
+first compile would do anyway: where a core is idle it overlaps eager work instead of
+stalling it, and on a busy machine it costs no more CPU than before.
+
+Why only the imports are done in the background, and not the compile: dynamo saves the
+global torch and Python random states when it starts compiling and restores them when it
+ends (``torch._dynamo.convert_frame.preserve_global_state``), which would undo random
+numbers the training thread drew meanwhile (dropout, ``quantize`` without a generator);
+and a process that exited while a (daemon) thread compiled was seen to abort
+("terminate called without an active exception"). Importing touches no state of the
+caller's. The thread is not a daemon: at exit it finishes the step under way (one
+import or the probes) and stops. Compiling in another process while this one runs
+eagerly (filling torch's caches for this one to load) was tried too and dropped: it
+spends a whole second process's start-up and compile, whether or not the run lives long
+enough to use it, and on the loaded 2-core development machine it slowed the run itself.
+
+The eager and compiled kernels compute the same bits and the caller draws its random
+seeds either way, so when the switch happens changes no result. A failing compile or
+start-up (no C++ toolchain, say) warns once, from the calling thread, and the helper
+stays eager for the process.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Hashable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
-__all__ = ["EAGER_BUDGET", "Compiled", "backend"]
+__all__ = ["EAGER_BUDGET", "Compiled", "backend", "start_up"]
 
 #: elements a variant is called on eagerly, under ``auto``, before it is compiled
 EAGER_BUDGET = 1 << 18
 
 _VARIANTS = 256  # dynamo's recompile limit while a new variant compiles (its default is 8)
+#: what compiling a first graph in a process imports (by far its slowest imports; dynamo
+#: comes with ``import torch``)
+_START_UP = ("torch._inductor.compile_fx", "torch._inductor.lowering",
+             "torch._inductor.select_algorithm", "torch._inductor.codecache",
+             "torch._inductor.cpu_vec_isa")
+
+Compiler = Callable[[Callable[..., Any]], Callable[..., Any]]
+#: ``start(alive)``: the compiler's start-up, stopping early once ``alive()`` is False
+StartUp = Callable[[Callable[[], bool]], None]
 
 
 def backend() -> str:
@@ -39,44 +80,106 @@ def backend() -> str:
     return choice
 
 
+def _dynamic(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return torch.compile(fn, dynamic=True)
+
+
+_START_LOCK = threading.Lock()  # one start-up at a time, whichever helper asks
+
+
+def start_up(alive: Callable[[], bool]) -> None:
+    """Import :data:`_START_UP`, one module after another while ``alive()``, then find the
+    vector instructions inductor's C++ compiler accepts (it compiles probes; cached for the
+    process). Once per process: the helpers of several kernels take turns, so two threads
+    never import the compiler's mutually importing modules at once."""
+    with _START_LOCK:
+        for name in _START_UP:
+            if not alive():
+                return
+            importlib.import_module(name)
+        if alive():
+            sys.modules["torch._inductor.cpu_vec_isa"].valid_vec_isa_list()
+
+
+def _new_variant() -> Any:
+    """Dynamo's recompile limit raised while a new variant compiles (where dynamo is loaded:
+    ``torch.compile`` loads it)."""
+    dynamo = sys.modules.get("torch._dynamo")
+    return dynamo.config.patch(recompile_limit=_VARIANTS) if dynamo else nullcontext()
+
+
 class Compiled:
-    """``fn`` run eagerly or by ``torch.compile(fn, dynamic=True)``, per the module doc.
+    """``fn`` run eagerly or by ``compiler(fn)`` (``torch.compile(fn, dynamic=True)``), per
+    the module doc; ``start`` is the compiler's start-up, run in a background thread.
 
     ``self(variant, work, *args)`` calls ``fn(*args)``; ``variant`` (hashable) names the
     compiled graph the call needs, ``work`` its element count (for ``auto``'s budget).
     """
 
-    def __init__(self, fn: Callable[..., Any], what: str) -> None:
-        self.fn, self.what = fn, what
+    def __init__(self, fn: Callable[..., Any], what: str, compiler: Compiler = _dynamic,
+                 start: StartUp = start_up) -> None:
+        self.fn, self.what, self.compiler, self.start = fn, what, compiler, start
         self.failed = False
         self._compiled: Callable[..., Any] | None = None
         self._eager_work: dict[Hashable, int] = {}
-        self._ready: set[Hashable] = set()  # variants compiled in this process
+        self._due: set[Hashable] = set()  # over the budget: compiled once started up
+        self._ready: set[Hashable] = set()  # compiled in this process
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()  # the start-up is done (or failed)
+        self._error: Exception | None = None  # of the start-up
 
     def __call__(self, variant: Hashable, work: int, *args: Any) -> Any:
         choice = backend()
         if choice == "eager" or self.failed:
             return self.fn(*args)
-        if choice == "auto" and variant not in self._ready:
+        if variant in self._ready:
+            assert self._compiled is not None
+            return self._compiled(*args)
+        if choice == "compiled":
+            return self._compile(variant, args)
+        if variant not in self._due:
             done = self._eager_work.get(variant, 0) + work
             self._eager_work[variant] = done
-            if done < EAGER_BUDGET:
-                return self.fn(*args)
+            if done >= EAGER_BUDGET:
+                self._due.add(variant)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._start_up, name=f"lowprec: start the compiler ({self.what})")
+                    self._thread.start()
+        if variant in self._due and self._started.is_set():
+            try:
+                if self._error is not None:
+                    raise self._error
+                return self._compile(variant, args)
+            except Exception as exc:
+                self._give_up(exc)
+        return self.fn(*args)
+
+    def wait(self) -> None:
+        """Block until the background start-up is done: for tests and benchmarks."""
+        if self._thread is not None:
+            self._started.wait()
+
+    def _compile(self, variant: Hashable, args: tuple[Any, ...]) -> Any:
+        """Call ``args`` compiled, compiling ``variant`` first."""
         if self._compiled is None:
-            self._compiled = torch.compile(self.fn, dynamic=True)
+            self._compiled = self.compiler(self.fn)
+        with _new_variant():
+            result = self._compiled(*args)
+        self._ready.add(variant)
+        return result
+
+    def _start_up(self) -> None:
+        """The background thread (not a daemon: it must not be inside an import at exit)."""
         try:
-            if variant in self._ready:
-                return self._compiled(*args)
-            with torch._dynamo.config.patch(recompile_limit=_VARIANTS):
-                result = self._compiled(*args)
-            self._ready.add(variant)
-            return result
-        except Exception as exc:
-            if choice == "compiled":
-                raise
-            self.failed = True
-            warnings.warn(
-                f"lowprec: torch.compile of the {self.what} failed ({type(exc).__name__}: "
-                f"{exc}); using the eager code (same bits, slower). Set LOWPREC_BACKEND=eager "
-                "to silence this.", RuntimeWarning, stacklevel=3)
-            return self.fn(*args)
+            self.start(threading.main_thread().is_alive)
+        except Exception as exc:  # reported by the next call (in the caller's thread)
+            self._error = exc
+        self._started.set()
+
+    def _give_up(self, exc: Exception) -> None:
+        self.failed = True
+        warnings.warn(
+            f"lowprec: torch.compile of the {self.what} failed ({type(exc).__name__}: "
+            f"{exc}); using the eager code (same bits, slower). Set LOWPREC_BACKEND=eager "
+            "to silence this.", RuntimeWarning, stacklevel=3)
