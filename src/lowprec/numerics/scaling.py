@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from .cast import round_measured, round_to_format
 from .formats import Format, _require_int
+from .slicescale import slice_round
 from .standard import standard
 from .telemetry import QuantInfo
 
@@ -430,6 +431,14 @@ def scaled_round(
             sc = torch.tensor(math.ldexp(1.0, exp), dtype=torch.float64, device=x.device)
             info = QuantInfo(x.numel(), stats, scales=sc)
         return y, info
+    elif scaling.pow2 and state is None:  # per block or channel: one fused pass
+        y, sc, stats = slice_round(
+            x, fmt, rounding, scaling.granularity, scaling.axis, scaling.block,
+            scaling.scale_rounding, scaling.margin, scaling.nan_policy == "block",
+            _compute_dtype(x, fmt, rounding, True), dtype, generator=generator,
+            rand_bits=rand_bits, overflow="saturate" if overflow is None else overflow,
+            out=out, stats=return_info)
+        return y, (QuantInfo(x.numel(), stats, scales=sc) if return_info else None)
     else:
         compute = _compute_dtype(x, fmt, rounding, scaling.pow2)
         xs, dims, back, compact = _view(x.detach().to(compute), scaling)
