@@ -153,19 +153,18 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
             else kernel.zeros((2,), x.device))
     consts = torch.tensor((*exponent_constants(fmt, margin), *strides), dtype=torch.int64,
                           device=x.device)
+    # into out directly unless it is (or overlaps) x: in place, the compiled kernel fails
+    # on some shapes (inductor's outer-loop fusion: KeyError), so a fresh buffer is copied
     direct = (out is not None and not pad and out.is_contiguous() and out.dtype == dtype
-              and (out.data_ptr() == x4.data_ptr() and x4.dtype == dtype
-                   or not overlaps(out, x4)))
+              and not overlaps(out, x4))
     target = out.view(x4.shape) if direct else torch.empty(x4.shape, dtype=dtype,
                                                            device=x.device)
-    same = target.data_ptr() == x4.data_ptr()
     variant = (rounding, ovf, shape, compute, scale_rounding, nan_block, dims, stats,
-               x.dtype, dtype, x.device.type, same, *(s <= 1 for s in x4.shape))
+               x.dtype, dtype, x.device.type, *(s <= 1 for s in x4.shape))
     with torch.no_grad():
-        scales, measured = _fused(variant, x4.numel(), target.detach(),
-                                  target.detach() if same else x4, grid, seed, consts,
-                                  rounding, ovf, shape, compute, scale_rounding, nan_block,
-                                  dims, stats)
+        scales, measured = _fused(variant, x4.numel(), target.detach(), x4, grid, seed,
+                                  consts, rounding, ovf, shape, compute, scale_rounding,
+                                  nan_block, dims, stats)
     if direct:
         y = out
     else:
