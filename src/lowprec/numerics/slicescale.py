@@ -171,8 +171,9 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
         y = target.view(outer, -1, inner)[:, :n].reshape(x.shape)
         if out is not None:
             y = out.copy_(y)
-    if measured is not None and pad:  # the padding zeros are no elements of x
+    if measured is not None and pad:  # the padding zeros (NaN in a NaN block) are not x's
         measured[0] -= outer * pad * inner
+        measured[4] -= pad * scales[:, -1].isnan().sum()  # type: ignore[index]
     if scales is not None:
         scales = (scales.reshape(-1) if granularity == "channel"
                   else scales.reshape(*x.shape[:axis], nb, *x.shape[axis + 1:]))
