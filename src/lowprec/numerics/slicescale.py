@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
 
 from . import kernel
@@ -113,6 +114,7 @@ def fused_round(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: to
 
 
 _fused = Compiled(fused_round, "scaled rounding kernel")
+_NO_DUCK_SHAPES = fx_config.patch(use_duck_shape=False)
 
 
 def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, axis: int,
@@ -161,10 +163,12 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
                                                            device=x.device)
     variant = (rounding, ovf, shape, compute, scale_rounding, nan_block, dims, stats,
                x.dtype, dtype, x.device.type, *(s <= 1 for s in x4.shape))
-    with torch.no_grad():
-        scales, measured = _fused(variant, x4.numel(), target.detach(), x4, grid, seed,
-                                  consts, rounding, ovf, shape, compute, scale_rounding,
-                                  nan_block, dims, stats)
+    # detached aliases are no autograd views: dynamo guards on no base tensor's sizes;
+    # without duck shapes, sizes that happen to be equal (nb == size) share no symbol
+    with torch.no_grad(), _NO_DUCK_SHAPES:
+        scales, measured = _fused(variant, x4.numel(), target.detach(), x4.detach(), grid,
+                                  seed, consts, rounding, ovf, shape, compute,
+                                  scale_rounding, nan_block, dims, stats)
     if direct:
         y = out
     else:
