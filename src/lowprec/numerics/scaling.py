@@ -43,6 +43,7 @@ rounding; for float32 inputs it cannot change a nearest-mode result).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -377,11 +378,16 @@ def _compute_dtype(x: torch.Tensor, fmt: Format, rounding: str, pow2: bool) -> t
     exactly as the true value would in these modes. ``q * 2**X`` is one correctly rounded
     product either way.
     """
-    fast = (
-        pow2 and x.dtype != torch.float64 and fmt.float32_exact and fmt.grid_qmin >= -94
-        and rounding in ("nearest", "nearest_away", "stochastic")
-    )
+    fast = pow2 and x.dtype != torch.float64 and _float32_scaling(fmt, rounding)
     return torch.float32 if fast else torch.float64
+
+
+@functools.lru_cache(maxsize=256)
+def _float32_scaling(fmt: Format, rounding: str) -> bool:
+    """:func:`_compute_dtype`'s conditions on the format and mode (cached: microseconds
+    that small tensors notice)."""
+    return (fmt.float32_exact and fmt.grid_qmin >= -94
+            and rounding in ("nearest", "nearest_away", "stochastic"))
 
 
 def scaled_round(

@@ -27,7 +27,9 @@ slice gets ``-127``. These are integer operations, exact, and the same bits as
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 
 import torch
 import torch.fx.experimental._config as fx_config
@@ -45,18 +47,21 @@ _FRACTION = (1 << 52) - 1
 _INF_BITS = {torch.float32: 0x7F800000, torch.float64: 0x7FF << 52}
 
 
-def exponent_constants(fmt: Format, margin: int) -> tuple[int, int, int]:
-    """``(emax, Mmax, margin)``: what :func:`pow2_exponent` reads (module docstring)."""
+@functools.lru_cache(maxsize=256)
+def _consts(fmt: Format, margin: int, strides: tuple[int, ...],
+            device: torch.device) -> torch.Tensor:
+    """``(emax, Mmax, margin)`` (what :func:`pow2_exponent` reads, module docstring) and
+    ``strides`` (the stochastic index's), as an int64 tensor on ``device``."""
     if not fmt.max > 0:
         raise ValueError(f"{fmt.name} has no positive values to scale onto")
     emax = math.frexp(fmt.max)[1] - 1
-    mmax = torch.tensor(fmt.max, dtype=torch.float64).view(torch.int64).item() & _FRACTION
-    return emax, mmax, margin
+    mmax = struct.unpack("<q", struct.pack("<d", fmt.max))[0] & _FRACTION
+    return torch.tensor((emax, mmax, margin, *strides), dtype=torch.int64, device=device)
 
 
 def pow2_exponent(amax: torch.Tensor, consts: torch.Tensor, scale_rounding: str) -> torch.Tensor:
     """The clamped scale exponent ``X`` (int64) of each nonnegative ``amax``;
-    ``consts``: :func:`exponent_constants` as an int64 tensor (module docstring)."""
+    ``consts``: :func:`_consts` (module docstring)."""
     bits = amax.to(torch.float64).view(torch.int64)
     x = (bits >> 52) - 1023 - consts[0]
     m, mmax = bits & _FRACTION, consts[1]
@@ -84,8 +89,8 @@ def fused_round(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: to
     ``x``'s (4-d) extent over ``dims``; returns the scales (float64, keepdim; NaN for a
     NaN slice) and the :func:`.kernel.telemetry` when ``stats`` (else ``(None, None)``).
 
-    ``consts``: :func:`exponent_constants` then the stochastic index's strides of the
-    four dims (int64). ``nan_block``: a slice holding a non-finite element becomes NaN,
+    ``consts``: :func:`_consts`, the exponent's constants and the stochastic index's
+    strides of the four dims. ``nan_block``: a slice holding a non-finite element becomes NaN,
     else the amax is that of the finite elements.
     """
     xc = x.to(compute)
@@ -153,8 +158,6 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     shape = wide if x4.numel() > 2**31 else narrow
     seed = (_draw_seed(generator, x.device) if rounding == "stochastic"
             else kernel.zeros((2,), x.device))
-    consts = torch.tensor((*exponent_constants(fmt, margin), *strides), dtype=torch.int64,
-                          device=x.device)
     # into out directly unless it is (or overlaps) x: in place, the compiled kernel fails
     # on some shapes (inductor's outer-loop fusion: KeyError), so a fresh buffer is copied
     direct = (out is not None and not pad and out.is_contiguous() and out.dtype == dtype
@@ -167,8 +170,9 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     # without duck shapes, sizes that happen to be equal (nb == size) share no symbol
     with torch.no_grad(), _NO_DUCK_SHAPES:
         scales, measured = _fused(variant, x4.numel(), target.detach(), x4.detach(), grid,
-                                  seed, consts, rounding, ovf, shape, compute,
-                                  scale_rounding, nan_block, dims, stats)
+                                  seed, _consts(fmt, margin, strides, x.device),
+                                  rounding, ovf, shape, compute, scale_rounding, nan_block,
+                                  dims, stats)
     if direct:
         y = out
     else:
