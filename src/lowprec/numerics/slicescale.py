@@ -81,41 +81,86 @@ def _pow2(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return ((x + 1023) << 52).view(torch.float64).to(dtype)
 
 
+def _shifted_grid(grid: torch.Tensor, exps: torch.Tensor, compute: torch.dtype
+                  ) -> list[torch.Tensor]:
+    """:func:`.kernel.grid_constants` of the format scaled by ``2**X`` per slice (the
+    constants :meth:`Format.scaled_by` would give): exponents move by ``X``, the parity
+    offset by ``-X``, the bit patterns of the largest magnitudes and of the smallest step
+    are those of the values times ``2**X`` (exact products: see :func:`_shiftable`)."""
+    ity = kernel.int_dtype(compute)
+    xi, p2 = exps.to(ity), _pow2(exps, compute)
+    values = grid[3:9].view(compute)  # max, max_negative, (special, flushes,) 2**kmin
+
+    def times(k: int) -> torch.Tensor:
+        return (values[k] * p2).view(ity)
+
+    return [grid[0], grid[1] + xi, grid[2] - xi, times(0), times(1), grid[5], grid[6] + xi,
+            grid[7] + xi, times(5), grid[9]]
+
+
 def fused_round(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
                 consts: torch.Tensor, mode: str, overflow: str, shape: kernel.Shape,
                 compute: torch.dtype, scale_rounding: str, nan_block: bool,
-                dims: tuple[int, ...], stats: bool) -> tuple[torch.Tensor | None, ...]:
+                dims: tuple[int, ...], stats: bool, shifted: bool
+                ) -> tuple[torch.Tensor | None, ...]:
     """``out[:] = 2**X * round(x * 2**-X)`` with one ``X`` per slice, the slices being
     ``x``'s (4-d) extent over ``dims``; returns the scales (float64, keepdim; NaN for a
     NaN slice) and the :func:`.kernel.telemetry` when ``stats`` (else ``(None, None)``).
 
     ``consts``: :func:`_consts`, the exponent's constants and the stochastic index's
-    strides of the four dims. ``nan_block``: a slice holding a non-finite element becomes NaN,
-    else the amax is that of the finite elements.
+    strides of the four dims. ``nan_block``: a slice holding a non-finite element becomes
+    NaN, else the amax is that of the finite elements. ``shifted``: round ``x`` onto each
+    slice's shifted grid (:func:`_shifted_grid`; no scaling passes, ``shape`` must allow
+    subnormal inputs) instead of scaling, rounding and unscaling: the same result.
     """
     xc = x.to(compute)
     ity = kernel.int_dtype(compute)
     finite = (xc.view(ity) & torch.iinfo(ity).max) < _INF_BITS[compute]
     amax = torch.where(finite, xc.abs(), 0).amax(dim=dims, keepdim=True)
     exps = pow2_exponent(amax, consts, scale_rounding)
-    inv, sc = _pow2(-exps, compute), _pow2(exps, compute)
-    if nan_block:
-        bad = (~finite).any(dim=dims, keepdim=True)
-        inv, sc = torch.where(bad, math.nan, inv), torch.where(bad, math.nan, sc)
+    bad = (~finite).any(dim=dims, keepdim=True) if nan_block else None
     index = None
     if mode == "stochastic":
         ix = torch.int64 if shape.wide_index else torch.int32
         index = sum(torch.arange(n, dtype=ix, device=x.device).view(
             [-1 if d == k else 1 for d in range(4)]) * consts[3 + k].to(ix)
             for k, n in enumerate(x.shape))
-    v = xc * inv
-    y = (kernel.round_kernel(v, grid, seed, mode, overflow, shape, index) * sc).to(out.dtype)
+    sc = _pow2(exps, compute)
+    if shifted:
+        g = _shifted_grid(grid, exps, compute)
+        y = kernel.round_kernel(xc, g, seed, mode, overflow, shape, index)
+        if bad is not None:
+            y, sc = torch.where(bad, math.nan, y), torch.where(bad, math.nan, sc)
+    else:
+        inv = _pow2(-exps, compute)
+        if bad is not None:
+            inv, sc = torch.where(bad, math.nan, inv), torch.where(bad, math.nan, sc)
+        v = xc * inv
+        y = kernel.round_kernel(v, grid, seed, mode, overflow, shape, index) * sc
+    y = y.to(out.dtype)
     measured = scales = None
     if stats:
-        measured = kernel.telemetry(xc, y.to(compute), grid, shape, scaled=v)
+        if shifted:  # a NaN slice counts no overflow
+            if bad is not None:
+                top = torch.iinfo(ity).max
+                g[3], g[4] = torch.where(bad, top, g[3]), torch.where(bad, top, g[4])
+            measured = kernel.telemetry(xc, y.to(compute), g, shape)
+        else:
+            measured = kernel.telemetry(xc, y.to(compute), grid, shape, scaled=v)
         scales = sc.to(torch.float64)
     out.copy_(y)
     return scales, measured
+
+
+def _shiftable(fmt: Format, compute: torch.dtype, scale_rounding: str, margin: int) -> bool:
+    """Whether every slice's shifted grid holds in ``compute`` (float32: ``X <= 127 - emax``,
+    true for ``"floor"`` with ``margin <= 0``, and spacings ``2**(qmin + X) >= 2**-149``;
+    float64 holds every ``X`` in [-127, 127] for formats within float32's range)."""
+    if not fmt.signed:
+        return False
+    if compute == torch.float64:
+        return fmt.float32_exact
+    return scale_rounding == "floor" and margin <= 0 and fmt.grid_qmin >= -22
 
 
 _fused = Compiled(fused_round, "scaled rounding kernel")
@@ -164,15 +209,18 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
               and not overlaps(out, x4))
     target = out.view(x4.shape) if direct else torch.empty(x4.shape, dtype=dtype,
                                                            device=x.device)
+    shifted = _shiftable(fmt, compute, scale_rounding, margin)
+    if shifted:
+        shape = shape._replace(subnormal_inputs=True)
     variant = (rounding, ovf, shape, compute, scale_rounding, nan_block, dims, stats,
-               x.dtype, dtype, x.device.type, *(s <= 1 for s in x4.shape))
+               shifted, x.dtype, dtype, x.device.type, *(s <= 1 for s in x4.shape))
     # detached aliases are no autograd views: dynamo guards on no base tensor's sizes;
     # without duck shapes, sizes that happen to be equal (nb == size) share no symbol
     with torch.no_grad(), _NO_DUCK_SHAPES:
         scales, measured = _fused(variant, x4.numel(), target.detach(), x4.detach(), grid,
                                   seed, _consts(fmt, margin, strides, x.device),
                                   rounding, ovf, shape, compute, scale_rounding, nan_block,
-                                  dims, stats)
+                                  dims, stats, shifted)
     if direct:
         y = out
     else:
