@@ -1,10 +1,14 @@
 """Per-block and per-channel power-of-two scaling fused into one pass.
 
 ``y = 2**X * round(x * 2**-X)`` per slice (:mod:`.scaling` gives the rules) computed as
-one kernel: the slice's amax, its exponent ``X``, the scaling, the rounding
-(:func:`.kernel.round_kernel`), the unscaling and, if asked, the telemetry, so that a
-compiled kernel reads ``x`` once and writes ``y`` once (the unfused steps cost about five
-passes, most of them in small strided reductions).
+one kernel: the slice's amax, its exponent ``X``, the rounding
+(:func:`.kernel.round_kernel`) and, if asked, the telemetry, so that a compiled kernel
+reads ``x`` once and writes ``y`` once (the unfused steps cost about five passes, most of
+them in small strided reductions). Rounding ``x / 2**X`` onto a format and multiplying
+back is rounding ``x`` onto the format scaled by ``2**X`` (same codes, exponents moved):
+where every slice's scaled grid holds in the container (:func:`_shiftable`), ``x`` is
+rounded onto it directly (:func:`_shifted_grid`), else scaled, rounded and unscaled in
+the same pass (``_compute_dtype`` of :mod:`.scaling` says when float32 is exact for that).
 
 Layout: a tensor with ``axis`` of length ``n`` is viewed, without a copy when contiguous,
 as ``(outer, n, inner)`` (the dims before and after ``axis``). Blocks split ``n`` into
