@@ -140,6 +140,25 @@ def test_kernel_telemetry_scaled_per_tensor(name: str, mode: str, kind: str) -> 
     _same_figures(info, QuantInfo.measure(x, y, lp.formats.get(name), scale=info.scales))
 
 
+@pytest.mark.parametrize("kind", ["random", "huge", "specials"])
+@pytest.mark.parametrize(("granularity", "axis", "nan_policy"), [
+    ("block", -1, "local"), ("block", 0, "block"), ("channel", 1, "local")])
+def test_kernel_telemetry_scaled_per_slice(kind: str, granularity: str, axis: int,
+                                           nan_policy: str) -> None:
+    """Per-block and per-channel scaling measure in their fused pass: the figures against
+    the reference with each element's scale moving its overflow threshold (blocks of 16
+    along 25 or 40 elements: ragged tails, whose padding counts as no element)."""
+    x = _inputs(kind, torch.float32).view(25, 40)
+    s = lp.Scaling(granularity, axis=axis, block=16, nan_policy=nan_policy)
+    y, info = lp.quantize(x, "fp8_e4m3", "stochastic", scaling=s,
+                          generator=torch.Generator().manual_seed(1), return_info=True)
+    if granularity == "block":
+        scale = info.scales.repeat_interleave(16, axis)[:25, :40]
+    else:
+        scale = info.scales.view([-1 if d == axis else 1 for d in range(2)])
+    _same_figures(info, QuantInfo.measure(x, y, lp.formats.get("fp8_e4m3"), scale=scale))
+
+
 def test_telemetry_log_syncs_once_and_pools_on_device() -> None:
     """update keeps tensors; summary equals pooling the reference figures."""
     log = TelemetryLog()

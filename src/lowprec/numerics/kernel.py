@@ -252,7 +252,8 @@ STATS = ("finite", "nonzero", "underflows", "overflows", "nonfinite_out", "signa
          "amax")
 
 
-def telemetry(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, shape: Shape) -> torch.Tensor:
+def telemetry(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, shape: Shape,
+              scaled: torch.Tensor | None = None) -> torch.Tensor:
     """What rounding ``x`` to ``y`` (container dtype) did, as a float64 tensor of :data:`STATS`.
 
     Over the finite elements of ``x`` (magnitude bits ``u`` below inf's): how many,
@@ -262,7 +263,9 @@ def telemetry(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, shape: Shape
     a finite ``x`` gave an inf/NaN ``y``) and ``max |x|``. Widened to float64, ``x**2`` and
     ``x - y`` of float32 values are exact and the sums carry float64 rounding only (relative
     error below ``n * 2**-53``); counts are exact up to ``2**53``. Compiled, these reductions
-    fuse with the rounding pass: ``x`` is read once.
+    fuse with the rounding pass: ``x`` is read once. With scaling, ``scaled`` holds the values
+    the format's grid received (``x / s``): overflows compare them with its range (a NaN
+    one, from a NaN scale, is none).
     """
     ity, p, _ = _LAYOUT[x.dtype]
     top = torch.iinfo(ity).max
@@ -271,6 +274,10 @@ def telemetry(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, shape: Shape
     u, v = b & top, y.view(ity) & top
     finite = u < inf
     nonzero = finite & (u != 0)
+    over = u
+    if scaled is not None:
+        over = scaled.view(ity) & top
+        over = torch.where(over <= inf, over, 0)
     limit = grid[3] if shape.symmetric else torch.where(b < 0, grid[4], grid[3])
     x64 = torch.where(finite, x, 0).to(torch.float64)
     err = torch.where(v < inf, x64 - y.to(torch.float64), torch.inf)
@@ -279,7 +286,7 @@ def telemetry(x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, shape: Shape
     # elements; a count of 2**31 wraps to -2**31, which the float64 modulo 2**32 undoes
     cty = torch.int64 if shape.wide_index else torch.int32
     counts = torch.stack([c.sum(dtype=cty) for c in (
-        finite, nonzero, nonzero & (v == 0), finite & (u > limit), v >= inf)])
+        finite, nonzero, nonzero & (v == 0), finite & (over > limit), v >= inf)])
     sums = torch.stack([(x64 * x64).sum(), (err * err).sum(), x64.abs().amax()])
     counts = counts.to(torch.float64)
     return torch.cat([counts if shape.wide_index else counts % 2.0**32, sums])

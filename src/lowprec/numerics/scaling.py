@@ -43,6 +43,7 @@ rounding; for float32 inputs it cannot change a nearest-mode result).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 
 from .cast import round_measured, round_to_format
 from .formats import Format, _require_int
+from .slicescale import slice_round
 from .standard import standard
 from .telemetry import QuantInfo
 
@@ -376,11 +378,16 @@ def _compute_dtype(x: torch.Tensor, fmt: Format, rounding: str, pow2: bool) -> t
     exactly as the true value would in these modes. ``q * 2**X`` is one correctly rounded
     product either way.
     """
-    fast = (
-        pow2 and x.dtype != torch.float64 and fmt.float32_exact and fmt.grid_qmin >= -94
-        and rounding in ("nearest", "nearest_away", "stochastic")
-    )
+    fast = pow2 and x.dtype != torch.float64 and _float32_scaling(fmt, rounding)
     return torch.float32 if fast else torch.float64
+
+
+@functools.lru_cache(maxsize=256)
+def _float32_scaling(fmt: Format, rounding: str) -> bool:
+    """:func:`_compute_dtype`'s conditions on the format and mode (cached: microseconds
+    that small tensors notice)."""
+    return (fmt.float32_exact and fmt.grid_qmin >= -94
+            and rounding in ("nearest", "nearest_away", "stochastic"))
 
 
 def scaled_round(
@@ -430,6 +437,14 @@ def scaled_round(
             sc = torch.tensor(math.ldexp(1.0, exp), dtype=torch.float64, device=x.device)
             info = QuantInfo(x.numel(), stats, scales=sc)
         return y, info
+    elif scaling.pow2 and state is None:  # per block or channel: one fused pass
+        y, sc, stats = slice_round(
+            x, fmt, rounding, scaling.granularity, scaling.axis, scaling.block,
+            scaling.scale_rounding, scaling.margin, scaling.nan_policy == "block",
+            _compute_dtype(x, fmt, rounding, True), dtype, generator=generator,
+            rand_bits=rand_bits, overflow="saturate" if overflow is None else overflow,
+            out=out, stats=return_info)
+        return y, (QuantInfo(x.numel(), stats, scales=sc) if return_info else None)
     else:
         compute = _compute_dtype(x, fmt, rounding, scaling.pow2)
         xs, dims, back, compact = _view(x.detach().to(compute), scaling)
