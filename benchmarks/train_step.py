@@ -1,7 +1,9 @@
-"""Time per training step of Caffe's cifar10_quick under each recipe, as a ratio to fp32.
+"""Time per training step of a model (Caffe's cifar10_quick unless ``--model``) under each
+recipe, as a ratio to fp32.
 
-One SGD step (forward, backward, ``opt.step()``) at batch 100 on random CIFAR-shaped
-input, with the reference solver (momentum 0.9, weight decay 0.004). Every recipe and an
+One SGD step (forward, backward, ``opt.step()``) at batch 100 on random input of the
+model's shape (``--input``; Caffe's 0-255 scale for cifar10_quick), with the model's
+reference solver (cifar10_quick: momentum 0.9, weight decay 0.004). Every recipe and an
 unprepared fp32 model are stepped round-robin in the same process, so a noisy machine
 slows them alike; the figure is the ratio of median step times (and of the minima), with
 the quartiles of the per-round ratios as the spread, and the ratio of median CPU times of
@@ -15,6 +17,12 @@ then stepped once per setting in the same rounds (``fp12_sr@off``, ...).
 
     python benchmarks/train_step.py [--recipes fxp12_sr,pot7] [--rounds 30] [--threads 1]
                                     [--telemetry default,off]
+
+Recipes are preset names or TOML paths. MAC emulation on a small model (issue 17: the
+sequential ``block=1`` form, ``benchmarks/fp16_acc_b32.toml`` is ``fp16_acc`` in blocks of 32):
+
+    python benchmarks/train_step.py --model small_cnn --input 1,8,8 --batch 64 --rounds 5 \
+        --recipes fp16_acc,benchmarks/fp16_acc_b32.toml
 """
 
 from __future__ import annotations
@@ -32,20 +40,23 @@ import lowprec as lp
 from lowprec.study.models import build_model, default_solver
 
 
-def stepper(recipe: str | None, batch: int, telemetry: str) -> Callable[[], None]:
-    """A closure doing one training step of a fresh cifar10_quick (prepared unless None)
-    with telemetry ``"default"`` (prepare's), ``"off"`` or every N-th pass (``"N"``)."""
+def stepper(name: str, shape: tuple[int, ...], recipe: str | None, batch: int,
+            telemetry: str) -> Callable[[], None]:
+    """A closure doing one training step of a fresh model ``name`` on inputs of ``shape``
+    (prepared unless ``recipe`` is None) with telemetry ``"default"`` (prepare's), ``"off"``
+    or every N-th pass (``"N"``)."""
     torch.manual_seed(0)
-    model = build_model("cifar10_quick")
+    model = build_model(name, in_channels=shape[0], num_classes=10)
     if recipe is not None:
         every = {} if telemetry == "default" else {
             "telemetry_every": 0 if telemetry == "off" else int(telemetry)}
         lp.prepare(model, recipe, **every)
-    opt = default_solver("cifar10_quick").make_optimizer(model)
+    solver = default_solver(name)
+    opt = solver.make_optimizer(model)
     if recipe is not None:
         lp.wrap_optimizer(opt, recipe)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 3, 32, 32, generator=g) * 60  # Caffe-scale inputs
+    x = torch.randn(batch, *shape, generator=g) * (60 if solver.normalize == "caffe" else 1)
     y = torch.randint(0, 10, (batch,), generator=g)
 
     def step() -> None:
@@ -58,6 +69,8 @@ def stepper(recipe: str | None, batch: int, telemetry: str) -> Callable[[], None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="cifar10_quick")
+    ap.add_argument("--input", default="3,32,32", help="C,H,W of one input")
     ap.add_argument("--recipes", default=",".join(lp.recipes.STUDY[1:]))
     ap.add_argument("--rounds", type=int, default=30, help="timed steps per recipe")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
@@ -72,8 +85,10 @@ def main() -> None:
     settings = args.telemetry.split(",")
     names = ["fp32 (unprepared)", *(r if len(settings) == 1 else f"{r}@{t}"
                                     for r in args.recipes.split(",") for t in settings)]
-    steps = {n: stepper(None if n.startswith("fp32 (") else n.split("@")[0], args.batch,
-                        n.split("@")[1] if "@" in n else settings[0]) for n in names}
+    shape = tuple(int(v) for v in args.input.split(","))
+    steps = {n: stepper(args.model, shape, None if n.startswith("fp32 (") else n.split("@")[0],
+                        args.batch, n.split("@")[1] if "@" in n else settings[0])
+             for n in names}
     load0 = os.getloadavg()[0]
     for step in steps.values():
         for _ in range(args.warmup):
@@ -88,18 +103,18 @@ def main() -> None:
             cpu[n].append(time.process_time() - c)
 
     base_med, base_min = statistics.median(times[names[0]]), min(times[names[0]])
-    print(f"cifar10_quick, batch {args.batch}, threads {args.threads}, "
+    print(f"{args.model}, input {shape}, batch {args.batch}, threads {args.threads}, "
           f"backend {os.environ.get('LOWPREC_BACKEND', 'auto')}, telemetry "
           f"{args.telemetry}, {args.rounds} rounds "
           f"(load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
-    print(f"{'recipe':22s} {'median ms':>10s} {'min ms':>8s} {'x fp32 (median)':>16s} "
+    print(f"{'recipe':36s} {'median ms':>10s} {'min ms':>8s} {'x fp32 (median)':>16s} "
           f"{'x fp32 (min)':>13s} {'per-round x fp32 p25-p75':>25s} {'CPU ms':>7s} "
           f"{'x fp32 (CPU)':>12s}")
     for n in names:
         med, lo = statistics.median(times[n]), min(times[n])
         q = statistics.quantiles([a / b for a, b in zip(times[n], times[names[0]],
                                                          strict=True)], n=4)
-        print(f"{n:22s} {med * 1e3:10.1f} {lo * 1e3:8.1f} {med / base_med:16.2f} "
+        print(f"{n:36s} {med * 1e3:10.1f} {lo * 1e3:8.1f} {med / base_med:16.2f} "
               f"{lo / base_min:13.2f} {q[0]:18.2f}-{q[2]:.2f} "
               f"{statistics.median(cpu[n]) * 1e3:7.1f} "
               f"{statistics.median(cpu[n]) / statistics.median(cpu[names[0]]):12.2f}")

@@ -57,7 +57,7 @@ once a variant has run on enough elements and cached on disk by torch;
 ``LOWPREC_BACKEND=eager`` runs the same function op by op, same bits; calls on small tiles
 run on one thread). What remains is about one float64 FMA per term, one float64 rounding
 per output element and block, and the copies of the operands into float64
-(``benchmarks/mac.py``, ``benchmarks/mac_step.py``, docs/benchmarks.md).
+(``benchmarks/mac.py``, ``benchmarks/train_step.py --model small_cnn``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
