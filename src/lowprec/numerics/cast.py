@@ -90,10 +90,35 @@ def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Two 32-bit seed words from ``generator`` (default: torch's global one), on ``device``."""
+    """Two 32-bit seed words from ``generator`` (default: torch's global one), on ``device``.
+
+    Inside a graph ``torch.compile`` traces (which cannot hold a ``torch.Generator``) the
+    draw is the custom op ``lowprec::seed_words``: opaque to the compiler, it draws the
+    same words from the same generator when the graph runs, so compiled roundings use the
+    eager ones' random stream."""
+    if torch.compiler.is_compiling():
+        gen = torch.default_generator if generator is None else generator
+        _GENERATORS[id(gen)] = gen
+        return _seed_words(id(gen), device)
     words = torch.randint(-(2**31), 2**31, (2,), generator=generator, dtype=torch.int32,
                           device=generator.device if generator is not None else "cpu")
     return words.to(device, non_blocking=True)
+
+
+#: the generators compiled graphs draw seeds from, by ``id`` (held while they may run)
+_GENERATORS: dict[int, torch.Generator] = {}
+
+
+@torch.library.custom_op("lowprec::seed_words", mutates_args=(),
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def _seed_words(key: int, device: torch.device) -> torch.Tensor:
+    """:func:`_draw_seed` from the generator registered under ``key`` (compiled graphs)."""
+    return _draw_seed(_GENERATORS[key], device)
+
+
+@_seed_words.register_fake
+def _(key: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(2, dtype=torch.int32, device=device)
 
 
 def round_to_format(
@@ -140,9 +165,13 @@ def round_measured(
     # flat aliases that are not autograd views: compiled graphs then do not depend on (and
     # are not recompiled for) the shape of the tensor they alias; in place, one object
     flat_out = target.view(-1).detach()
-    same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and x.is_contiguous()
-    if not same and overlaps(x, target):  # partial overlap: read x before writing any of out
-        x = x.clone()
+    if torch.compiler.is_compiling():  # traced: functionalization orders reads and writes
+        same = x is target
+    else:
+        same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and \
+            x.is_contiguous()
+        if not same and overlaps(x, target):  # partial overlap: read x before writing out
+            x = x.clone()
     measured = kernel.round_flat(
         flat_out,
         flat_out if same else x.reshape(-1).detach(),

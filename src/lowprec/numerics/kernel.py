@@ -38,6 +38,7 @@ of compiling again (docs/torch-cache-bug.md: the graph signature that made them 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -99,8 +100,38 @@ def int_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def float_bits(values: tuple[float, ...], dtype: torch.dtype) -> list[int]:
-    """Bit patterns of ``values`` in the container ``dtype`` (as Python ints)."""
-    return torch.tensor(values, dtype=dtype).view(_LAYOUT[dtype][0]).tolist()
+    """Bit patterns of ``values`` in the container ``dtype`` (as signed Python ints, as
+    ``torch.tensor(values, dtype=dtype).view(int_dtype(dtype)).tolist()`` gives them).
+
+    Plain Python, so that ``torch.compile`` traces it without a host round trip: with
+    ``|v| = m * 2**e`` (``m`` in [0.5, 1)) the biased exponent is ``E = e - 1 + bias``;
+    a normal ``v`` (``E >= 1``) is ``E << P`` plus its significand's ``P`` stored bits, a
+    subnormal one ``|v| / 2**(1 - bias - P)``, both rounded to nearest-even (a carry runs
+    into the exponent field); beyond the largest finite value it is inf, NaN the quiet
+    NaN ``0x7FC00000`` / ``0x7FF8000000000000``; the sign bit is added last."""
+    _, p, bias = _LAYOUT[dtype]
+    width = 32 if dtype == torch.float32 else 64
+    top = (1 << (width - 1 - p)) - 1  # the exponent field of inf and NaN
+    out = []
+    for v in values:
+        if math.isnan(v):
+            bits = (top << p) | (1 << (p - 1))
+        else:
+            a = abs(v)
+            e = math.frexp(a)[1] if 0 < a < math.inf else 0
+            if a == math.inf:
+                bits = top << p
+            elif a == 0:
+                bits = 0
+            elif e - 1 + bias >= 1:
+                bits = ((e - 1 + bias) << p) + round(math.ldexp(a, p - e + 1)) - (1 << p)
+            else:
+                bits = round(math.ldexp(a, bias - 1 + p))
+            bits = min(bits, top << p)
+            if math.copysign(1.0, v) < 0:
+                bits -= 1 << (width - 1)  # the sign bit, as a signed integer
+        out.append(bits)
+    return out
 
 
 class Shape(NamedTuple):
@@ -374,6 +405,9 @@ def run(*args: object) -> torch.Tensor | None:
     """
     out, x = args[0], args[1]
     assert isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)
+    if torch.compiler.is_compiling():  # traced into a caller's graph: fused with it there
+        with torch.no_grad():
+            return quantize_into(*args)  # type: ignore[arg-type]
     variant = (*args[5:], x.dtype, out.dtype, x.device.type, x.dim(), x is out, x.shape[0] <= 1,
                x.storage_offset() <= 1, out.storage_offset() <= 1)
     with torch.no_grad():
