@@ -88,6 +88,13 @@ def _float32_holds(v: float) -> bool:
     return e <= 128 and math.ldexp(abs(v), 24 - max(e, -125)).is_integer()
 
 
+@functools.lru_cache(maxsize=4096)
+def _float32_exact(fmt: Format) -> bool:
+    """:attr:`Format.float32_exact`."""
+    return fmt.grid_qmin >= -149 and _float32_holds(fmt.max) and _float32_holds(
+        fmt.max_negative)
+
+
 @dataclass(frozen=True)
 class Format:
     """Base of all formats.
@@ -224,14 +231,14 @@ class Format:
     def name(self) -> str:
         return repr(self)
 
-    @functools.cached_property
+    @property
     def float32_exact(self) -> bool:
         """True when float32 holds every value rounding can produce (else float64 is used).
 
-        Plain Python (computed once per format): ``torch.compile`` traces it without a
-        host round trip."""
-        return self.grid_qmin >= -149 and _float32_holds(self.max) and _float32_holds(
-            self.max_negative)
+        Plain Python, cached per format: ``torch.compile`` traces it without a host
+        round trip."""
+        return (_float32_exact.__wrapped__ if torch.compiler.is_compiling() else
+                _float32_exact)(self)
 
     # -- encodings ---------------------------------------------------------------------
     def encode(self, y: torch.Tensor) -> torch.Tensor:

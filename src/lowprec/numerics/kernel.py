@@ -387,9 +387,16 @@ def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: tor
 
 
 @functools.lru_cache(maxsize=32)
-def zeros(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """A cached int32 zero tensor (an unused seed, a first index of 0): never written."""
+def _cached_zeros(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.zeros(size, dtype=torch.int32, device=device)
+
+
+def zeros(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A cached int32 zero tensor (an unused seed, a first index of 0): never written.
+    While ``torch.compile`` traces, a constant of the graph (dynamo keeps no lru_cache)."""
+    if torch.compiler.is_compiling():
+        return torch.zeros(size, dtype=torch.int32, device=device)
+    return _cached_zeros(size, device)
 
 
 _kernel = Compiled(quantize_into, "rounding kernel")

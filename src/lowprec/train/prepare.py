@@ -73,6 +73,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..numerics.cast import register_generator, unregister_generator
 from ..numerics.telemetry import TelemetryLog
 from . import recipes
 from .intercept import OpRun, _with_axis
@@ -128,7 +129,7 @@ class _Run:
     def __init__(self, recipe: Recipe, seed: int, telemetry_every: int,
                  rank: int | None) -> None:
         self.recipe = recipe
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = register_generator(torch.Generator().manual_seed(seed))
         self.rank = rank
         self.log = TelemetryLog()
         self.every = telemetry_every
@@ -140,7 +141,12 @@ class _Run:
         self.ops: OpRun | None = None  # op-level recipes: the interception state
 
     def begin_pass(self, module: nn.Module, args: Any) -> None:
-        """Root forward-pre-hook: decide whether this training pass is recorded."""
+        """Root forward-pre-hook: decide whether this training pass is recorded. Inside a
+        graph ``torch.compile`` traces nothing is recorded nor counted (a Python counter
+        there would be a constant of the graph: one recompilation per pass)."""
+        if torch.compiler.is_compiling():
+            self.recording = False
+            return
         self.recording = module.training and self.every > 0 and self.passes % self.every == 0
         self.passes += module.training
 
@@ -221,7 +227,10 @@ class _Layer:
     def sync(self) -> None:
         """Round the parameters changed since they were last rounded. With master weights a
         working copy changed from outside (``load_state_dict``, an unwrapped optimizer)
-        becomes the new master."""
+        becomes the new master. Not while ``torch.compile`` traces (no data pointers
+        there): the optimizer hooks and ``load_state_dict`` round eagerly."""
+        if torch.compiler.is_compiling():
+            return
         for n, p in self.params():
             if self.clean.get(n) != (p._version, p.data_ptr()):
                 if n in self.masters:
@@ -455,6 +464,7 @@ def unprepare(model: nn.Module) -> nn.Module:
                 p.data = layer.masters[n]
         for i in layer.names:
             _OWNERS.pop(i, None)
+    unregister_generator(run.generator)
     del model.__dict__[_ATTR]
     return model
 
