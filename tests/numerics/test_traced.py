@@ -28,7 +28,8 @@ def _values(seed: int) -> list[float]:
             math.nan]
     for _ in range(4000):
         bits = rnd.choice([8, 24, 25, 53])
-        vals.append(rnd.choice([1, -1]) * math.ldexp(rnd.getrandbits(bits), rnd.randint(-1100, 970)))
+        m, e = rnd.getrandbits(bits), rnd.randint(-1100, 970)
+        vals.append(rnd.choice([1, -1]) * math.ldexp(m, e))
     return vals
 
 

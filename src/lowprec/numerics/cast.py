@@ -106,7 +106,7 @@ def _draw_seed(generator: torch.Generator | None, device: torch.device,
             raise ValueError("stochastic rounding inside torch.compile draws from registered "
                              "generators only: call lowprec.numerics.cast.register_generator"
                              "(generator) before compiling (prepare registers its own)")
-        return _seed_words(id(gen), anchor if anchor is not None else torch.empty(0, device=device))
+        return _seed_words(id(gen), torch.empty(0, device=device) if anchor is None else anchor)
     words = torch.randint(-(2**31), 2**31, (2,), generator=generator, dtype=torch.int32,
                           device=generator.device if generator is not None else "cpu")
     return words.to(device, non_blocking=True)

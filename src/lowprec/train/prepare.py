@@ -441,6 +441,9 @@ def _attach_params(layer: _Layer, module: nn.Module, run: _Run,
         if master:
             layer.masters[n] = p.detach().clone()
         layer.round_weight(n, p)
+    if forward_hooks:  # made now, not at the first forward: torch.compile traces no dict
+        for cls in ("activation", "error"):  # insertion (one recompile after the first step)
+            layer.rounder(cls, "")
     hooks = [module.register_load_state_dict_post_hook(layer.load_post_hook)]
     if specs["weight"] is not None and forward_hooks:
         hooks.append(module.register_forward_pre_hook(layer.forward_pre_hook))
