@@ -49,7 +49,7 @@ def stepper(recipe: str | None, batch: int, compiled: bool,
         loss = F.cross_entropy(run(x), y)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step, model
 

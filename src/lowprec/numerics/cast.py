@@ -175,6 +175,7 @@ def round_measured(
     bits = check_rand_bits(rand_bits, rounding)
     ovf = check_overflow(overflow, fmt.has_inf, fmt.has_nan, fmt.name)
     check_inputs(x, out, generator)
+    given = out
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
@@ -184,17 +185,19 @@ def round_measured(
     compute, grid, narrow, wide = constants(fmt, x.dtype, bits, x.device)
     stochastic = rounding == "stochastic"
     seed = _draw_seed(generator, x.device, x) if stochastic else kernel.zeros((2,), x.device)
+    if torch.compiler.is_compiling():  # traced: a value of the graph, no buffer written
+        with torch.no_grad():
+            y, measured = kernel.round_traced(
+                x.detach().reshape(-1), grid, seed, rounding, ovf,
+                wide if x.numel() > 2**31 else narrow, compute, out.dtype, stats)
+        return (y.view(x.shape) if given is None else given.copy_(y.view(x.shape))), measured
     target = out if out.is_contiguous() else out.contiguous()
     # flat aliases that are not autograd views: compiled graphs then do not depend on (and
     # are not recompiled for) the shape of the tensor they alias; in place, one object
     flat_out = target.view(-1).detach()
-    if torch.compiler.is_compiling():  # traced: functionalization orders reads and writes
-        same = x is target
-    else:
-        same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and \
-            x.is_contiguous()
-        if not same and overlaps(x, target):  # partial overlap: read x before writing out
-            x = x.clone()
+    same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and x.is_contiguous()
+    if not same and overlaps(x, target):  # partial overlap: read x before writing any of out
+        x = x.clone()
     measured = kernel.round_flat(
         flat_out,
         flat_out if same else x.reshape(-1).detach(),

@@ -45,7 +45,8 @@ import torch
 
 from .backend import Compiled, backend
 
-__all__ = ["backend", "grid_constants", "quantize_into", "round_flat", "round_kernel", "run"]
+__all__ = ["backend", "grid_constants", "quantize_into", "round_flat", "round_kernel",
+           "round_traced", "round_values", "run"]
 
 
 def _srl(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -321,6 +322,30 @@ def merge_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a[:-1] + b[:-1], torch.maximum(a[-1:], b[-1:])])
 
 
+def round_values(x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
+                 first: torch.Tensor, mode: str, overflow: str, shape: Shape,
+                 compute: torch.dtype, dtype: torch.dtype, stats: bool = False,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``round(x)``: widen to ``compute``, round, narrow to ``dtype``; with ``stats`` the
+    rounding's :func:`telemetry` too (else None).
+
+    ``x`` is flat, its first element having index ``first`` (a 0-d tensor) in the
+    stochastic-rounding stream, or rows of :data:`LANES` starting at 0 (see
+    :func:`round_flat`).
+    """
+    index = None
+    if mode == "stochastic" and x.dim() == 2:  # 16 * row + lane, the lanes read from grid
+        rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int32).unsqueeze(1)
+        index = rows * LANES + grid[-LANES:].to(torch.int32)
+    elif mode == "stochastic":
+        itype = torch.int64 if shape.wide_index else torch.int32
+        index = torch.arange(x.shape[0], device=x.device, dtype=itype) + first.to(itype)
+    xc = x.to(compute)
+    y = round_kernel(xc, grid, seed, mode, overflow, shape, index).to(dtype)
+    # of the value stored (a narrower dtype rounds once more)
+    return y, telemetry(xc, y.to(compute), grid, shape) if stats else None
+
+
 def quantize_into(
     out: torch.Tensor,
     x: torch.Tensor,
@@ -333,27 +358,32 @@ def quantize_into(
     compute: torch.dtype,
     stats: bool = False,
 ) -> torch.Tensor | None:
-    """``out[:] = round(x)``: widen to ``compute``, round, narrow to ``out``'s dtype; with
-    ``stats``, returns the rounding's :func:`telemetry` too (else None).
+    """``out[:] = round(x)`` (:func:`round_values` into ``out``, which may be ``x`` itself);
+    with ``stats``, returns the rounding's :func:`telemetry` too (else None).
 
-    Compiled, the steps fuse into one pass that reads ``x`` and writes ``out`` (which may
-    be ``x`` itself). ``x`` is flat, its first element having index ``first`` (a 0-d
-    tensor) in the stochastic-rounding stream, or rows of :data:`LANES` starting at 0
-    (see :func:`round_flat`).
+    Compiled, the steps fuse into one pass that reads ``x`` and writes ``out``.
     """
-    index = None
-    if mode == "stochastic" and x.dim() == 2:  # 16 * row + lane, the lanes read from grid
-        rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int32).unsqueeze(1)
-        index = rows * LANES + grid[-LANES:].to(torch.int32)
-    elif mode == "stochastic":
-        dtype = torch.int64 if shape.wide_index else torch.int32
-        index = torch.arange(x.shape[0], device=x.device, dtype=dtype) + first.to(dtype)
-    xc = x.to(compute)
-    y = round_kernel(xc, grid, seed, mode, overflow, shape, index).to(out.dtype)
-    # of the value stored (a narrower out rounds once more); before out is written (may be x)
-    measured = telemetry(xc, y.to(compute), grid, shape) if stats else None
+    y, measured = round_values(x, grid, seed, first, mode, overflow, shape, compute,
+                               out.dtype, stats)
     out.copy_(y)
     return measured
+
+
+def round_traced(x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor, mode: str,
+                 overflow: str, shape: Shape, compute: torch.dtype, dtype: torch.dtype,
+                 stats: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`round_flat` for a graph ``torch.compile`` traces: the rounded flat tensor is
+    returned, not written into a buffer (a write into a view of one becomes a copy of it
+    there, a full extra pass), and fuses with the graph's other ops. Same bits: stochastic
+    rounding of a multiple of :data:`LANES` elements runs on rows, other sizes flat with
+    the same indices."""
+    n = x.numel()
+    if mode == "stochastic" and not shape.wide_index and n >= LANES and n % LANES == 0:
+        y, measured = round_values(x.view(-1, LANES), grid, seed, zeros((), x.device), mode,
+                                   overflow, shape, compute, dtype, stats)
+        return y.view(-1), measured
+    return round_values(x, grid, seed, zeros((), x.device), mode, overflow, shape, compute,
+                        dtype, stats)
 
 
 def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
@@ -412,9 +442,6 @@ def run(*args: object) -> torch.Tensor | None:
     """
     out, x = args[0], args[1]
     assert isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)
-    if torch.compiler.is_compiling():  # traced into a caller's graph: fused with it there
-        with torch.no_grad():
-            return quantize_into(*args)  # type: ignore[arg-type]
     variant = (*args[5:], x.dtype, out.dtype, x.device.type, x.dim(), x is out, x.shape[0] <= 1,
                x.storage_offset() <= 1, out.storage_offset() <= 1)
     with torch.no_grad():

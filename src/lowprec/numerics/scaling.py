@@ -496,7 +496,7 @@ def _traced_tensor_round(x: torch.Tensor, fmt: Format, rounding: str, s: Scaling
     sc = sc64.to(compute)
     v = xd.to(compute) * (1 / sc)  # 1 / 2**X is exact
     v, stats = round_measured(v, fmt, rounding, generator=generator, rand_bits=rand_bits,
-                              overflow="saturate" if overflow is None else overflow, out=v,
+                              overflow="saturate" if overflow is None else overflow,
                               stats=return_info)
     y = (v * sc).to(dtype)
     info = None
