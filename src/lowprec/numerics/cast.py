@@ -188,9 +188,9 @@ def round_measured(
     if torch.compiler.is_compiling():  # traced: a value of the graph, no buffer written
         with torch.no_grad():
             y, measured = kernel.round_traced(
-                x.detach().reshape(-1), grid, seed, rounding, ovf,
+                x.detach().contiguous(), grid, seed, rounding, ovf,
                 wide if x.numel() > 2**31 else narrow, compute, out.dtype, stats)
-        return (y.view(x.shape) if given is None else given.copy_(y.view(x.shape))), measured
+        return (y if given is None else given.copy_(y)), measured
     target = out if out.is_contiguous() else out.contiguous()
     # flat aliases that are not autograd views: compiled graphs then do not depend on (and
     # are not recompiled for) the shape of the tensor they alias; in place, one object

@@ -372,18 +372,18 @@ def quantize_into(
 def round_traced(x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor, mode: str,
                  overflow: str, shape: Shape, compute: torch.dtype, dtype: torch.dtype,
                  stats: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`round_flat` for a graph ``torch.compile`` traces: the rounded flat tensor is
-    returned, not written into a buffer (a write into a view of one becomes a copy of it
-    there, a full extra pass), and fuses with the graph's other ops. Same bits: stochastic
-    rounding of a multiple of :data:`LANES` elements runs on rows, other sizes flat with
-    the same indices."""
-    n = x.numel()
-    if mode == "stochastic" and not shape.wide_index and n >= LANES and n % LANES == 0:
-        y, measured = round_values(x.view(-1, LANES), grid, seed, zeros((), x.device), mode,
-                                   overflow, shape, compute, dtype, stats)
-        return y.view(-1), measured
-    return round_values(x, grid, seed, zeros((), x.device), mode, overflow, shape, compute,
-                        dtype, stats)
+    """:func:`round_flat` for a graph ``torch.compile`` traces: contiguous ``x`` is rounded
+    in its own shape and the result returned, not written into a buffer, so that it fuses
+    with the graph's other ops into one pass (a write into a flat view, or a reshape of the
+    integer result's bit cast, costs inductor a second pass). Same bits: an element's
+    stochastic-rounding index is its position in ``x``'s flat order, as in ``round_flat``."""
+    index = None
+    if mode == "stochastic":
+        itype = torch.int64 if shape.wide_index else torch.int32
+        index = torch.arange(x.numel(), device=x.device, dtype=itype).view(x.shape)
+    xc = x.to(compute)
+    y = round_kernel(xc, grid, seed, mode, overflow, shape, index).to(dtype)
+    return y, telemetry(xc, y.to(compute), grid, shape) if stats else None
 
 
 def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
