@@ -34,8 +34,7 @@ def _constants(fmt: Format, dtype: torch.dtype, rand_bits: int, device: torch.de
     """Compute dtype, the kernel's constants as a tensor on ``device``, and its shapes (for
     up to 2**31 elements, and more)."""
     compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
-    grid = (*kernel.grid_constants(fmt, compute), kernel.rand_mask(rand_bits),
-            *range(kernel.LANES))
+    grid = (*kernel.grid_constants(fmt, compute), kernel.rand_mask(rand_bits))
     flush = fmt.grid_flush > fmt.grid_qmin
     subnormal_inputs = kernel.grid_below_container(grid, flush)
     shapes = (kernel.Shape(fmt.parity_from_exponent, flush, fmt.max == fmt.max_negative,
@@ -187,7 +186,7 @@ def round_measured(
     seed = _draw_seed(generator, x.device, x) if stochastic else kernel.zeros((2,), x.device)
     if torch.compiler.is_compiling():  # traced: a value of the graph, no buffer written
         with torch.no_grad():
-            y, measured = kernel.round_traced(
+            y, measured = kernel.round_values(
                 x.detach().contiguous(), grid, seed, rounding, ovf,
                 wide if x.numel() > 2**31 else narrow, compute, out.dtype, stats)
         return (y if given is None else given.copy_(y)), measured
