@@ -80,10 +80,8 @@ def _require_int(name: str, value: object, lo: int | None = None, hi: int | None
 def _float32_holds(v: float) -> bool:
     """Whether float32 holds ``v`` exactly: ``|v| = m * 2**e`` (``m`` in [0.5, 1)) is a
     multiple of float32's spacing there, ``2**(max(e, -125) - 24)``, and ``e <= 128``."""
-    if math.isinf(v) or v == 0:
-        return True
-    if math.isnan(v):
-        return False
+    if math.isinf(v) or v == 0 or math.isnan(v):
+        return not math.isnan(v)
     e = math.frexp(v)[1]
     return e <= 128 and math.ldexp(abs(v), 24 - max(e, -125)).is_integer()
 
@@ -91,8 +89,7 @@ def _float32_holds(v: float) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _float32_exact(fmt: Format) -> bool:
     """:attr:`Format.float32_exact`."""
-    return fmt.grid_qmin >= -149 and _float32_holds(fmt.max) and _float32_holds(
-        fmt.max_negative)
+    return fmt.grid_qmin >= -149 and _float32_holds(fmt.max) and _float32_holds(fmt.max_negative)
 
 
 @dataclass(frozen=True)
