@@ -484,10 +484,7 @@ def _traced_tensor_round(x: torch.Tensor, fmt: Format, rounding: str, s: Scaling
     fuse into one pass after the ``aminmax`` one.
     """
     xd = x.detach()
-    lo, hi = torch.aminmax(xd)
-    amax = torch.maximum(hi, -lo)  # NaN if x holds NaN, inf if inf: then the finite ones'
-    finite = _absmax(torch.nan_to_num(xd, nan=0.0, posinf=0.0, neginf=0.0), None)
-    amax = torch.where(torch.isfinite(amax), amax, finite.reshape(())).to(torch.float64)
+    amax = torch.where(torch.isfinite(xd), xd.abs(), 0).amax().to(torch.float64)  # finite |x|
     if state is not None:
         amax = state.step(amax)
     exp = _pow2_exponent(amax, fmt, s)

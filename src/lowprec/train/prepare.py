@@ -60,6 +60,14 @@ weight and bias pool together; optimizer state: ``"<layer>.update.<state name>"`
 :func:`telemetry` returns its summary. Measuring costs float64 reductions over each
 rounded tensor, in the rounding's own pass (1.4-2.4x that pass): the default records every
 10th pass (:data:`TELEMETRY_EVERY`).
+
+``torch.compile(model)`` of a model prepared with a module-level recipe traces its
+roundings (forward and backward, scaled or not) into one graph, compiled once per input
+shape, with the eager bits: the seeds come from the model's generator, in the same order,
+through the opaque op ``lowprec::seed_words``. Compiled passes record no telemetry and do
+not count as training passes; parameters changed outside the optimizer and
+``load_state_dict`` are not re-rounded before a compiled forward. Op-level recipes
+(keyed streams, block scaling) still break the graph at each rounding.
 """
 
 from __future__ import annotations
