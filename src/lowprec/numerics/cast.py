@@ -21,7 +21,8 @@ from . import kernel
 from .formats import Format
 from .rounding import check_mode, check_overflow, check_rand_bits
 
-__all__ = ["check_inputs", "round_measured", "round_to_format"]
+__all__ = ["check_inputs", "register_generator", "round_measured", "round_to_format",
+           "unregister_generator"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -33,8 +34,7 @@ def _constants(fmt: Format, dtype: torch.dtype, rand_bits: int, device: torch.de
     """Compute dtype, the kernel's constants as a tensor on ``device``, and its shapes (for
     up to 2**31 elements, and more)."""
     compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
-    grid = (*kernel.grid_constants(fmt, compute), kernel.rand_mask(rand_bits),
-            *range(kernel.LANES))
+    grid = (*kernel.grid_constants(fmt, compute), kernel.rand_mask(rand_bits))
     flush = fmt.grid_flush > fmt.grid_qmin
     subnormal_inputs = kernel.grid_below_container(grid, flush)
     shapes = (kernel.Shape(fmt.parity_from_exponent, flush, fmt.max == fmt.max_negative,
@@ -89,11 +89,56 @@ def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
-def _draw_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Two 32-bit seed words from ``generator`` (default: torch's global one), on ``device``."""
+def _draw_seed(generator: torch.Generator | None, device: torch.device,
+               anchor: torch.Tensor | None = None) -> torch.Tensor:
+    """Two 32-bit seed words from ``generator`` (default: torch's global one), on ``device``.
+
+    Inside a graph ``torch.compile`` traces (which cannot hold a ``torch.Generator``) the
+    draw is the custom op ``lowprec::seed_words``: opaque to the compiler, it draws the
+    same words from the same generator when the graph runs, so compiled roundings use the
+    eager ones' random stream. It takes the tensor to be rounded (``anchor``) as an input,
+    so the graph draws when that tensor exists, as eager code does: a backward rounding's
+    draw cannot be hoisted into the forward graph."""
+    if torch.compiler.is_compiling():
+        gen = torch.default_generator if generator is None else generator
+        if id(gen) not in _GENERATORS:
+            raise ValueError("stochastic rounding inside torch.compile draws from registered "
+                             "generators only: call lowprec.numerics.cast.register_generator"
+                             "(generator) before compiling (prepare registers its own)")
+        return _seed_words(id(gen), torch.empty(0, device=device) if anchor is None else anchor)
     words = torch.randint(-(2**31), 2**31, (2,), generator=generator, dtype=torch.int32,
                           device=generator.device if generator is not None else "cpu")
     return words.to(device, non_blocking=True)
+
+
+#: the generators compiled graphs draw seeds from, by ``id`` (held while they may run)
+_GENERATORS: dict[int, torch.Generator] = {id(torch.default_generator): torch.default_generator}
+
+
+def register_generator(generator: torch.Generator) -> torch.Generator:
+    """Let roundings inside ``torch.compile``d code draw their seeds from ``generator``
+    (a compiled graph holds no generator object, only its registered ``id``); returns it."""
+    _GENERATORS[id(generator)] = generator
+    return generator
+
+
+def unregister_generator(generator: torch.Generator) -> None:
+    """Forget a :func:`register_generator`'d generator (its graphs may run no more)."""
+    if generator is not torch.default_generator:
+        _GENERATORS.pop(id(generator), None)
+
+
+@torch.library.custom_op("lowprec::seed_words", mutates_args=(),
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def _seed_words(key: int, anchor: torch.Tensor) -> torch.Tensor:
+    """:func:`_draw_seed` from the generator registered under ``key``, on ``anchor``'s
+    device, once ``anchor`` is computed (compiled graphs)."""
+    return _draw_seed(_GENERATORS[key], anchor.device)
+
+
+@_seed_words.register_fake
+def _(key: int, anchor: torch.Tensor) -> torch.Tensor:
+    return torch.empty(2, dtype=torch.int32, device=anchor.device)
 
 
 def round_to_format(
@@ -129,13 +174,22 @@ def round_measured(
     bits = check_rand_bits(rand_bits, rounding)
     ovf = check_overflow(overflow, fmt.has_inf, fmt.has_nan, fmt.name)
     check_inputs(x, out, generator)
+    given = out
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out, None
-    compute, grid, narrow, wide = _constants(fmt, x.dtype, bits, x.device)
+    # traced: the computation itself (dynamo does not keep lru_cache's table; no warning)
+    constants = _constants.__wrapped__ if torch.compiler.is_compiling() else _constants
+    compute, grid, narrow, wide = constants(fmt, x.dtype, bits, x.device)
     stochastic = rounding == "stochastic"
-    seed = _draw_seed(generator, x.device) if stochastic else kernel.zeros((2,), x.device)
+    seed = _draw_seed(generator, x.device, x) if stochastic else kernel.zeros((2,), x.device)
+    if torch.compiler.is_compiling():  # traced: a value of the graph, no buffer written
+        with torch.no_grad():
+            y, measured = kernel.round_values(
+                x.detach().contiguous(), grid, seed, rounding, ovf,
+                wide if x.numel() > 2**31 else narrow, compute, out.dtype, stats)
+        return (y if given is None else given.copy_(y)), measured
     target = out if out.is_contiguous() else out.contiguous()
     # flat aliases that are not autograd views: compiled graphs then do not depend on (and
     # are not recompiled for) the shape of the tensor they alias; in place, one object

@@ -36,6 +36,7 @@ Rounding into a format lives in :mod:`lowprec.quantize`; the rounding modes in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field
@@ -74,6 +75,21 @@ def _require_int(name: str, value: object, lo: int | None = None, hi: int | None
         rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise ValueError(f"{name}={value} is out of range; allowed: {rng}")
     return value
+
+
+def _float32_holds(v: float) -> bool:
+    """Whether float32 holds ``v`` exactly: ``|v| = m * 2**e`` (``m`` in [0.5, 1)) is a
+    multiple of float32's spacing there, ``2**(max(e, -125) - 24)``, and ``e <= 128``."""
+    if math.isinf(v) or v == 0 or math.isnan(v):
+        return not math.isnan(v)
+    e = math.frexp(v)[1]
+    return e <= 128 and math.ldexp(abs(v), 24 - max(e, -125)).is_integer()
+
+
+@functools.lru_cache(maxsize=4096)
+def _float32_exact(fmt: Format) -> bool:
+    """:attr:`Format.float32_exact`."""
+    return fmt.grid_qmin >= -149 and _float32_holds(fmt.max) and _float32_holds(fmt.max_negative)
 
 
 @dataclass(frozen=True)
@@ -214,10 +230,12 @@ class Format:
 
     @property
     def float32_exact(self) -> bool:
-        """True when float32 holds every value rounding can produce (else float64 is used)."""
-        return self.grid_qmin >= -149 and all(
-            float(torch.tensor(v, dtype=torch.float32)) == v for v in (self.max, self.max_negative)
-        )
+        """True when float32 holds every value rounding can produce (else float64 is used).
+
+        Plain Python, cached per format: ``torch.compile`` traces it without a host
+        round trip."""
+        return (_float32_exact.__wrapped__ if torch.compiler.is_compiling() else
+                _float32_exact)(self)
 
     # -- encodings ---------------------------------------------------------------------
     def encode(self, y: torch.Tensor) -> torch.Tensor:

@@ -38,13 +38,15 @@ of compiling again (docs/torch-cache-bug.md: the graph signature that made them 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import torch
 
 from .backend import Compiled, backend
 
-__all__ = ["backend", "grid_constants", "quantize_into", "round_flat", "round_kernel", "run"]
+__all__ = ["backend", "grid_constants", "quantize_into", "round_flat", "round_kernel",
+           "round_values", "run"]
 
 
 def _srl(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -77,10 +79,6 @@ def random_bits(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     return _lowbias32(lo ^ seed[0] ^ _lowbias32(hi)) ^ seed[1]
 
 
-#: stochastic rounding works on rows of this many elements (see :func:`quantize_into`)
-LANES = 16
-
-
 def rand_mask(rand_bits: int) -> int:
     """The top ``rand_bits`` of 30 bits: the random bits stochastic rounding uses."""
     return ((1 << rand_bits) - 1) << (30 - rand_bits)
@@ -99,8 +97,38 @@ def int_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def float_bits(values: tuple[float, ...], dtype: torch.dtype) -> list[int]:
-    """Bit patterns of ``values`` in the container ``dtype`` (as Python ints)."""
-    return torch.tensor(values, dtype=dtype).view(_LAYOUT[dtype][0]).tolist()
+    """Bit patterns of ``values`` in the container ``dtype`` (as signed Python ints, as
+    ``torch.tensor(values, dtype=dtype).view(int_dtype(dtype)).tolist()`` gives them).
+
+    Plain Python, so that ``torch.compile`` traces it without a host round trip: with
+    ``|v| = m * 2**e`` (``m`` in [0.5, 1)) the biased exponent is ``E = e - 1 + bias``;
+    a normal ``v`` (``E >= 1``) is ``E << P`` plus its significand's ``P`` stored bits, a
+    subnormal one ``|v| / 2**(1 - bias - P)``, both rounded to nearest-even (a carry runs
+    into the exponent field); beyond the largest finite value it is inf, NaN the quiet
+    NaN ``0x7FC00000`` / ``0x7FF8000000000000``; the sign bit is added last."""
+    _, p, bias = _LAYOUT[dtype]
+    width = 32 if dtype == torch.float32 else 64
+    top = (1 << (width - 1 - p)) - 1  # the exponent field of inf and NaN
+    out = []
+    for v in values:
+        if math.isnan(v):
+            bits = (top << p) | (1 << (p - 1))
+        else:
+            a = abs(v)
+            e = math.frexp(a)[1] if 0 < a < math.inf else 0
+            if a == math.inf:
+                bits = top << p
+            elif a == 0:
+                bits = 0
+            elif e - 1 + bias >= 1:
+                bits = ((e - 1 + bias) << p) + round(math.ldexp(a, p - e + 1)) - (1 << p)
+            else:
+                bits = round(math.ldexp(a, bias - 1 + p))
+            bits = min(bits, top << p)
+            if math.copysign(1.0, v) < 0:
+                bits -= 1 << (width - 1)  # the sign bit, as a signed integer
+        out.append(bits)
+    return out
 
 
 class Shape(NamedTuple):
@@ -135,8 +163,7 @@ def grid_constants(fmt: Any, dtype: torch.dtype) -> tuple[int, ...]:
     container's, ``m``/``qmin``/``flush`` the format's grid (``Format.grid_*``), the
     ``*_bits`` are bit patterns of the largest magnitudes, of what overflow gives under
     ``overflow="inf"`` (inf or NaN) and of the smallest step ``2**kmin`` (``qmin``, or
-    ``flush`` without subnormals); the caller appends :func:`rand_mask` and the lanes
-    ``0 .. LANES - 1`` (:func:`quantize_into`).
+    ``flush`` without subnormals); the caller appends :func:`rand_mask`.
     """
     _, p, bias = _LAYOUT[dtype]
     flush = fmt.grid_flush
@@ -297,37 +324,34 @@ def merge_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cat([a[:-1] + b[:-1], torch.maximum(a[-1:], b[-1:])])
 
 
-def quantize_into(
-    out: torch.Tensor,
-    x: torch.Tensor,
-    grid: torch.Tensor,
-    seed: torch.Tensor,
-    first: torch.Tensor,
-    mode: str,
-    overflow: str,
-    shape: Shape,
-    compute: torch.dtype,
-    stats: bool = False,
-) -> torch.Tensor | None:
-    """``out[:] = round(x)``: widen to ``compute``, round, narrow to ``out``'s dtype; with
-    ``stats``, returns the rounding's :func:`telemetry` too (else None).
+def round_values(x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor, mode: str,
+                 overflow: str, shape: Shape, compute: torch.dtype, dtype: torch.dtype,
+                 stats: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``round(x)`` for contiguous ``x`` of any shape: widen to ``compute``, round, narrow
+    to ``dtype``; with ``stats`` the rounding's :func:`telemetry` too (else None).
 
-    Compiled, the steps fuse into one pass that reads ``x`` and writes ``out`` (which may
-    be ``x`` itself). ``x`` is flat, its first element having index ``first`` (a 0-d
-    tensor) in the stochastic-rounding stream, or rows of :data:`LANES` starting at 0
-    (see :func:`round_flat`).
+    An element's stochastic-rounding index is its position in ``x``'s flat order. Compiled,
+    everything fuses into one vectorised pass (the index vector is one
+    ``Vectorized::arange``); inside a caller's graph (:mod:`.cast` under ``torch.compile``)
+    it also fuses with the ops around it.
     """
     index = None
-    if mode == "stochastic" and x.dim() == 2:  # 16 * row + lane, the lanes read from grid
-        rows = torch.arange(x.shape[0], device=x.device, dtype=torch.int32).unsqueeze(1)
-        index = rows * LANES + grid[-LANES:].to(torch.int32)
-    elif mode == "stochastic":
-        dtype = torch.int64 if shape.wide_index else torch.int32
-        index = torch.arange(x.shape[0], device=x.device, dtype=dtype) + first.to(dtype)
+    if mode == "stochastic":
+        itype = torch.int64 if shape.wide_index else torch.int32
+        index = torch.arange(x.numel(), device=x.device, dtype=itype).view(x.shape)
     xc = x.to(compute)
-    y = round_kernel(xc, grid, seed, mode, overflow, shape, index).to(out.dtype)
-    # of the value stored (a narrower out rounds once more); before out is written (may be x)
-    measured = telemetry(xc, y.to(compute), grid, shape) if stats else None
+    y = round_kernel(xc, grid, seed, mode, overflow, shape, index).to(dtype)
+    # of the value stored (a narrower dtype rounds once more)
+    return y, telemetry(xc, y.to(compute), grid, shape) if stats else None
+
+
+def quantize_into(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
+                  mode: str, overflow: str, shape: Shape, compute: torch.dtype,
+                  stats: bool = False) -> torch.Tensor | None:
+    """``out[:] = round(x)`` (:func:`round_values` into ``out``, which may be ``x`` itself);
+    with ``stats``, returns the rounding's :func:`telemetry` too (else None). Compiled, one
+    pass that reads ``x`` and writes ``out``."""
+    y, measured = round_values(x, grid, seed, mode, overflow, shape, compute, out.dtype, stats)
     out.copy_(y)
     return measured
 
@@ -336,36 +360,22 @@ def round_flat(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: tor
                mode: str, overflow: str, shape: Shape, compute: torch.dtype,
                stats: bool = False) -> torch.Tensor | None:
     """``out[:] = round(x)`` for flat ``x`` and ``out`` (may be one object), by :func:`run`;
-    with ``stats`` returns the :func:`telemetry` of the whole tensor (a device tensor: no sync).
-
-    Stochastic rounding needs each element's index, and vectorised C++ builds an index
-    vector slowly (16 scalar inserts per vector: about half the kernel's time). So up to
-    ``2**31`` elements are rounded as rows of :data:`LANES`, index ``16 * row + lane``
-    (a loop counter and a load), and the last ``n % 16`` elements in a second call: the
-    indices, and so the bits, are those of one flat pass.
-    """
-    n = x.numel()
-    same = x is out
-    if mode != "stochastic" or shape.wide_index or n < LANES:
-        return run(out, x, grid, seed, zeros((), x.device), mode, overflow, shape, compute, stats)
-    m = n - n % LANES
-    rows = out[:m].view(-1, LANES).detach()
-    part = run(rows, rows if same else x[:m].view(-1, LANES).detach(), grid, seed,
-               zeros((), x.device), mode, overflow, shape, compute, stats)
-    if m < n:
-        tail = out[m:].detach()
-        rest = run(tail, tail if same else x[m:].detach(), grid, seed,
-                   torch.tensor(m, dtype=torch.int32, device=x.device), mode, overflow, shape,
-                   compute, stats)
-        if part is not None and rest is not None:
-            part = merge_stats(part, rest)
-    return part
+    with ``stats`` returns the :func:`telemetry` of the whole tensor (a device tensor: no
+    sync)."""
+    return run(out, x, grid, seed, mode, overflow, shape, compute, stats)
 
 
 @functools.lru_cache(maxsize=32)
-def zeros(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """A cached int32 zero tensor (an unused seed, a first index of 0): never written."""
+def _cached_zeros(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.zeros(size, dtype=torch.int32, device=device)
+
+
+def zeros(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A cached int32 zero tensor (the unused seed of a non-stochastic rounding): never written.
+    While ``torch.compile`` traces, a constant of the graph (dynamo keeps no lru_cache)."""
+    if torch.compiler.is_compiling():
+        return torch.zeros(size, dtype=torch.int32, device=device)
+    return _cached_zeros(size, device)
 
 
 _kernel = Compiled(quantize_into, "rounding kernel")
@@ -381,7 +391,7 @@ def run(*args: object) -> torch.Tensor | None:
     """
     out, x = args[0], args[1]
     assert isinstance(out, torch.Tensor) and isinstance(x, torch.Tensor)
-    variant = (*args[5:], x.dtype, out.dtype, x.device.type, x.dim(), x is out, x.shape[0] <= 1,
+    variant = (*args[4:], x.dtype, out.dtype, x.device.type, x.dim(), x is out, x.shape[0] <= 1,
                x.storage_offset() <= 1, out.storage_offset() <= 1)
     with torch.no_grad():
         return _kernel(variant, x.numel(), *args)

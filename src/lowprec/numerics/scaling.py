@@ -425,6 +425,11 @@ def scaled_round(
         if return_info:
             info = _info(x, y, fmt, None, None)
     elif scaling.granularity == "tensor" and scaling.pow2 and scaling.nan_policy == "local":
+        if torch.compiler.is_compiling():
+            y, info = _traced_tensor_round(x, fmt, rounding, scaling, return_info, state,
+                                           generator=generator, rand_bits=rand_bits,
+                                           overflow=overflow, dtype=dtype)
+            return (y if out is None else out.copy_(y)), info
         # one scale for the tensor: round(x / 2**X) * 2**X is rounding x onto the format
         # shifted by 2**X (same codes, bias/fraction bits moved), exactly: one amax pass
         # and one rounding pass instead of four
@@ -474,6 +479,43 @@ def scaled_round(
     if out is None:
         return y.contiguous(), info
     return out.copy_(y), info
+
+
+def _traced_tensor_round(x: torch.Tensor, fmt: Format, rounding: str, s: Scaling,
+                         return_info: bool, state: ScaleState | None, *,
+                         generator: torch.Generator | None, rand_bits: int | None,
+                         overflow: str | None, dtype: torch.dtype,
+                         ) -> tuple[torch.Tensor, QuantInfo | None]:
+    """Per-tensor power-of-two rounding with no host sync, what ``torch.compile`` traces:
+    the exponent ``X`` stays a device tensor and ``y = 2**X * round(x * 2**-X)``.
+
+    Bit-identical to the eager path (rounding onto ``fmt.scaled_by(X)``): ``x * 2**-X`` is
+    exact in the compute dtype, or inexact only where the rounding cannot tell
+    (:func:`_compute_dtype`), so the kernel takes the same decisions, with the same random
+    bits, on the same significands; ``q * 2**X`` is the shifted format's value, correctly
+    rounded to ``dtype`` as that path's result is. Telemetry is measured on ``x * 2**-X``
+    and scaled back (counts unchanged, ``sum x**2`` and ``sum (x-y)**2`` times ``4**X``,
+    ``amax`` times ``2**X``: exact in float64). Compiled, the scaling and the rounding
+    fuse into one pass after the ``aminmax`` one.
+    """
+    xd = x.detach()
+    amax = torch.where(torch.isfinite(xd), xd.abs(), 0).amax().to(torch.float64)  # finite |x|
+    if state is not None:
+        amax = state.step(amax)
+    exp = _pow2_exponent(amax, fmt, s)
+    compute = _compute_dtype(x, fmt, rounding, True)
+    sc64 = ((exp.to(torch.int64) + 1023) << 52).view(torch.float64)  # 2**X, exactly
+    sc = sc64.to(compute)
+    v = xd.to(compute) * (1 / sc)  # 1 / 2**X is exact
+    v, stats = round_measured(v, fmt, rounding, generator=generator, rand_bits=rand_bits,
+                              overflow="saturate" if overflow is None else overflow,
+                              stats=return_info)
+    y = (v * sc).to(dtype)
+    info = None
+    if return_info and stats is not None:
+        scaled = torch.cat([stats[:5], stats[5:7] * (sc64 * sc64), stats[7:] * sc64])
+        info = QuantInfo(x.numel(), scaled, scales=sc64)
+    return y, info
 
 
 def _info(x: torch.Tensor, y: torch.Tensor, fmt: Format, scale: torch.Tensor | None,

@@ -60,6 +60,14 @@ weight and bias pool together; optimizer state: ``"<layer>.update.<state name>"`
 :func:`telemetry` returns its summary. Measuring costs float64 reductions over each
 rounded tensor, in the rounding's own pass (1.4-2.4x that pass): the default records every
 10th pass (:data:`TELEMETRY_EVERY`).
+
+``torch.compile(model)`` of a model prepared with a module-level recipe traces its
+roundings (forward and backward, scaled or not) into one graph, compiled once per input
+shape, with the eager bits: the seeds come from the model's generator, in the same order,
+through the opaque op ``lowprec::seed_words``. Compiled passes record no telemetry and do
+not count as training passes; parameters changed outside the optimizer and
+``load_state_dict`` are not re-rounded before a compiled forward. Op-level recipes
+(keyed streams, block scaling) still break the graph at each rounding.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..numerics.cast import register_generator, unregister_generator
 from ..numerics.telemetry import TelemetryLog
 from . import recipes
 from .intercept import OpRun, _with_axis
@@ -131,7 +140,7 @@ class _Run:
     def __init__(self, recipe: Recipe, seed: int, telemetry_every: int,
                  rank: int | None) -> None:
         self.recipe = recipe
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = register_generator(torch.Generator().manual_seed(seed))
         self.rank = rank
         self.log = TelemetryLog()
         self.every = telemetry_every
@@ -143,7 +152,12 @@ class _Run:
         self.ops: OpRun | None = None  # op-level recipes: the interception state
 
     def begin_pass(self, module: nn.Module, args: Any) -> None:
-        """Root forward-pre-hook: decide whether this training pass is recorded."""
+        """Root forward-pre-hook: decide whether this training pass is recorded. Inside a
+        graph ``torch.compile`` traces nothing is recorded nor counted (a Python counter
+        there would be a constant of the graph: one recompilation per pass)."""
+        if torch.compiler.is_compiling():
+            self.recording = False
+            return
         self.recording = module.training and self.every > 0 and self.passes % self.every == 0
         self.passes += module.training
 
@@ -224,7 +238,10 @@ class _Layer:
     def sync(self) -> None:
         """Round the parameters changed since they were last rounded. With master weights a
         working copy changed from outside (``load_state_dict``, an unwrapped optimizer)
-        becomes the new master."""
+        becomes the new master. Not while ``torch.compile`` traces (no data pointers
+        there): the optimizer hooks and ``load_state_dict`` round eagerly."""
+        if torch.compiler.is_compiling():
+            return
         for n, p in self.params():
             if self.clean.get(n) != (p._version, p.data_ptr()):
                 if n in self.masters:
@@ -453,6 +470,9 @@ def _attach_params(layer: _Layer, module: nn.Module, run: _Run,
         if master:
             layer.masters[n] = p.detach().clone()
         layer.round_weight(n, p)
+    if forward_hooks:  # made now, not at the first forward: torch.compile traces no dict
+        for cls in ("activation", "error"):  # insertion (one recompile after the first step)
+            layer.rounder(cls, "")
     hooks = [module.register_load_state_dict_post_hook(layer.load_post_hook)]
     if specs["weight"] is not None and forward_hooks:
         hooks.append(module.register_forward_pre_hook(layer.forward_pre_hook))
@@ -476,6 +496,7 @@ def unprepare(model: nn.Module) -> nn.Module:
                 p.data = layer.masters[n]
         for i in layer.names:
             _OWNERS.pop(i, None)
+    unregister_generator(run.generator)
     del model.__dict__[_ATTR]
     return model
 
