@@ -378,7 +378,8 @@ def _compute_dtype(x: torch.Tensor, fmt: Format, rounding: str, pow2: bool) -> t
     exactly as the true value would in these modes. ``q * 2**X`` is one correctly rounded
     product either way.
     """
-    fast = pow2 and x.dtype != torch.float64 and _float32_scaling(fmt, rounding)
+    check = _float32_scaling.__wrapped__ if torch.compiler.is_compiling() else _float32_scaling
+    fast = pow2 and x.dtype != torch.float64 and check(fmt, rounding)  # (dynamo warns on caches)
     return torch.float32 if fast else torch.float64
 
 
