@@ -4,8 +4,9 @@ Each run is a new ``python -m lowprec train --dataset digits --model small_cnn -
 subprocess (import, data, model, one epoch, exit), timed from outside: wall seconds and
 the CPU seconds (user + system) of the process and its children. Rounds:
 
-* ``first ever``: a fresh, empty ``TORCHINDUCTOR_CACHE_DIR`` (nothing compiled before);
-* ``warm``: the same cache directory again (an earlier run compiled the kernels).
+* ``first ever``: fresh, empty ``TORCHINDUCTOR_CACHE_DIR`` and ``LOWPREC_CACHE_DIR``
+  (nothing compiled before);
+* ``warm``: the same cache directories again (an earlier run compiled the kernels).
 
 Recipes (and, with ``--backends``, ``LOWPREC_BACKEND`` values) are run **interleaved**,
 one of each in turn per repeat, so that a changing load on the machine hits all of them
@@ -35,6 +36,7 @@ from pathlib import Path
 def train_once(recipe: str, cache: Path, out: Path, backend: str, src: Path) -> tuple[float, float]:
     """Wall and CPU seconds of one fresh ``lowprec train`` process (one digits epoch)."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "LOWPREC_BACKEND": backend,
+           "LOWPREC_CACHE_DIR": str(cache / "lowprec"),
            "PYTHONPATH": os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH"))))}
     cmd = [sys.executable, "-m", "lowprec", "train", "--dataset", "digits", "--model",
            "small_cnn", "--epochs", "1", "--quiet", "--recipe", recipe, "--out", str(out)]

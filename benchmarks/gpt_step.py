@@ -6,7 +6,8 @@ tokens with AdamW. For each recipe the model is prepared (``--telemetry``: ``def
 ``prepare``'s; ``off``; ``N``, every N-th pass; several, comma-separated, each run) and
 the optimizer wrapped; after warm-up steps (which also compile the rounding kernel under
 ``LOWPREC_BACKEND=auto``) every model is stepped round-robin, and the median step is
-compared with the unprepared fp32 step's, on ``--threads`` CPU threads.
+compared with the unprepared fp32 step's, on ``--threads`` CPU threads; also the ratio of
+median CPU times of the process (``time.process_time``: steadier on a loaded machine).
 
     python benchmarks/gpt_step.py [--threads 2] [--steps 5] [--recipes fp8_hybrid,mxfp8]
                                   [--telemetry default,1,off]
@@ -102,20 +103,25 @@ def main() -> None:
         for _ in range(args.warmup):
             step()
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.steps):
         for n, step in steps.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             times[n].append(time.perf_counter() - t0)
+            cpu[n].append(time.process_time() - c0)
     base = statistics.median(times[names[0]])
+    base_cpu = statistics.median(cpu[names[0]])
     print(f"GPT d=256, 2 blocks, 8x128 tokens, AdamW, {args.threads} threads, telemetry "
           f"{args.telemetry}, median of {args.steps} interleaved rounds "
           f"(load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
-    print(f"{'recipe':<22} {'s/step':>8} {'x fp32':>7} {'per-round x fp32 min-max':>25}")
+    print(f"{'recipe':<22} {'s/step':>8} {'x fp32':>7} {'per-round x fp32 min-max':>25} "
+          f"{'CPU x fp32':>11}")
     for n in names:
         r = [a / b for a, b in zip(times[n], times[names[0]], strict=True)]
         print(f"{n:<22} {statistics.median(times[n]):>8.3f} "
-              f"{statistics.median(times[n]) / base:>7.2f} {min(r):>18.2f}-{max(r):.2f}")
+              f"{statistics.median(times[n]) / base:>7.2f} {min(r):>18.2f}-{max(r):.2f} "
+              f"{statistics.median(cpu[n]) / base_cpu:>11.2f}")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,17 @@ for _dir in (_here, *(_here / f for f in ("numerics", "train", "cost", "study"))
 
 @pytest.fixture
 def one_graph_per_variant() -> Iterator[None]:
-    """Fails the test if a compiled variant fell out of the compiled path: dynamo's
-    recompile limit is 1 during the test, and lowprec compiles each new variant under a
-    higher one, so a graph compiled outside it (a variant key missing one of dynamo's
-    specialisations, past which dynamo would silently run eagerly) warns with
-    ``recompile_limit`` at once. (Not ``monkeypatch.setattr``: its undo deletes the key from
-    torch's config module.)"""
+    """Fails the test if a kernel signature needed a second graph during it: a call whose
+    sizes broke an assumption of the graph traced for its signature (a variant key
+    missing one of the trace's specialisations: sizes or offsets of 0 and 1, equal sizes)
+    compiles another one, again for every such call (:mod:`lowprec.numerics.graphs`).
+    Off the CPU, where dynamo compiles, the same through its log: its recompile limit is 1
+    during the test, lowprec compiles each new variant under a higher one, so a graph
+    compiled outside it warns with ``recompile_limit`` at once. (Not
+    ``monkeypatch.setattr``: its undo deletes the key from torch's config module.)"""
     import torch
+
+    from lowprec.numerics import graphs
 
     records: list[logging.LogRecord] = []
 
@@ -44,6 +48,7 @@ def one_graph_per_variant() -> Iterator[None]:
     handler = Keep(level=logging.WARNING)
     logger = logging.getLogger("torch._dynamo")
     logger.addHandler(handler)
+    before = len(graphs.GRAPHS)
     try:
         with torch._dynamo.config.patch(recompile_limit=1):
             yield
@@ -51,3 +56,5 @@ def one_graph_per_variant() -> Iterator[None]:
         logger.removeHandler(handler)
     fell_back = [r.getMessage() for r in records if "recompile_limit" in r.getMessage()]
     assert not fell_back, fell_back
+    new = graphs.GRAPHS[before:]
+    assert len(new) == len(set(new)), [g for g in new if new.count(g) > 1]

@@ -115,6 +115,7 @@ def test_every_size_stays_compiled(monkeypatch):
 
 _CACHED_RUN = """
 import sys, torch, lowprec as lp
+from lowprec.numerics import graphs
 x = torch.load(sys.argv[1], weights_only=True)
 got = []
 for start, n in ((3, 1000), (0, 37), (1, 4096 + 5)):
@@ -125,24 +126,31 @@ for start, n in ((3, 1000), (0, 37), (1, 4096 + 5)):
     got.append(y)
     got.append(lp.quantize(part.view(-1, 1) if n % 2 else part.view(2, -1), "fp16", "up"))
 torch.save(got, sys.argv[2])
+print(len(graphs.GRAPHS))
 """
 
 
 def test_cached_graphs_compute_the_same_bits(tmp_path):
-    """Compiled graphs loaded from torch's on-disk caches by a new process (FX graph and
-    AOT autograd caches: lowprec no longer bypasses them) give the eager bits, for sizes,
-    storage offsets, dimensions and in-place calls that have broken these caches before
-    (docs/torch-cache-bug.md). The first process fills a fresh cache, the second reads it."""
+    """Compiled graphs loaded from disk by a new process (lowprec's graph cache,
+    :mod:`lowprec.numerics.graphs`, and torch's FX graph and AOT autograd caches) give the
+    eager bits, for sizes, storage offsets, dimensions and in-place calls that have broken
+    torch's caches before (docs/torch-cache-bug.md). The first process compiles and fills
+    fresh caches; the second compiles nothing and loads every graph."""
     x = _inputs(torch.float32)[:6000].contiguous()
     torch.save(x, tmp_path / "x.pt")
     env = {**os.environ, "LOWPREC_BACKEND": "compiled",
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
+           "LOWPREC_CACHE_DIR": str(tmp_path / "lowprec-cache")}
     script = tmp_path / "run.py"
     script.write_text(_CACHED_RUN)
+    compiled = {}
     for run in ("fill", "read"):
-        subprocess.run([sys.executable, str(script), str(tmp_path / "x.pt"),
-                        str(tmp_path / f"{run}.pt")], env=env, check=True)
-    assert any((tmp_path / "cache").rglob("*")), "nothing was cached"
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / "x.pt"),
+                               str(tmp_path / f"{run}.pt")], env=env, check=True,
+                              capture_output=True, text=True)
+        compiled[run] = int(done.stdout.split()[-1])
+    assert compiled["fill"] > 0 and compiled["read"] == 0, compiled
+    assert any((tmp_path / "lowprec-cache" / "kernels").rglob("*.bin")), "nothing was kept"
     expected = []
     for start, n in ((3, 1000), (0, 37), (1, 4096 + 5)):
         part = x[start:start + n]

@@ -3,14 +3,15 @@
 ``LOWPREC_BACKEND`` chooses:
 
 * ``eager``: the plain torch functions, never compiled;
-* ``compiled``: every call through ``torch.compile``, a new variant compiled before the
-  call returns (errors raise);
+* ``compiled``: every call through the compiled graph of its variant (:mod:`.graphs`:
+  inductor without dynamo, kept on disk), a new one compiled or loaded before the call
+  returns (errors raise);
 * ``auto`` (default): compiled where that pays off, with as little waiting as possible.
 
 Under ``auto`` a *variant* (one graph: a rounding mode, dtypes, ...; the caller names it)
 runs eagerly until the elements it has been called on reach :data:`EAGER_BUDGET`
 (counting the call that crosses it; a fraction of a second of eager work on a small CPU,
-less than re-tracing and loading one graph from torch's on-disk caches, :mod:`.kernel`).
+less than compiling one graph).
 Variants under the budget (a few hundred elements in all, for the study's models) are
 never compiled. (A budget of ``2**20``, "rent until the eager calls have cost what
 compiling would", was measured too: no gain, docs/benchmarks.md.)
@@ -24,10 +25,10 @@ due, in the calling thread, and runs them compiled from then on. The start-up is
 first compile would do anyway: where a core is idle it overlaps eager work instead of
 stalling it, and on a busy machine it costs no more CPU than before.
 
-Why only the imports are done in the background, and not the compile: dynamo saves the
-global torch and Python random states when it starts compiling and restores them when it
-ends (``torch._dynamo.convert_frame.preserve_global_state``), which would undo random
-numbers the training thread drew meanwhile (dropout, ``quantize`` without a generator);
+Why only the imports are done in the background, and not the compile: compiling saves the
+global torch and Python random states and restores them when it ends (:mod:`.graphs`, as
+dynamo does), which from another thread would undo random numbers the training thread
+drew meanwhile (dropout, ``quantize`` without a generator);
 and a process that exited while a (daemon) thread compiled was seen to abort
 ("terminate called without an active exception"). Importing touches no state of the
 caller's. The thread is not a daemon: at exit it finishes the step under way (one
@@ -80,8 +81,11 @@ def backend() -> str:
     return choice
 
 
-def _dynamic(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return torch.compile(fn, dynamic=True)
+def _direct(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` compiled per signature without dynamo, kept on disk (:mod:`.graphs`)."""
+    from .graphs import DirectCompiled
+
+    return DirectCompiled(fn, lambda: torch.compile(fn, dynamic=True))
 
 
 _START_LOCK = threading.Lock()  # one start-up at a time, whichever helper asks
@@ -109,14 +113,14 @@ def _new_variant() -> Any:
 
 
 class Compiled:
-    """``fn`` run eagerly or by ``compiler(fn)`` (``torch.compile(fn, dynamic=True)``), per
-    the module doc; ``start`` is the compiler's start-up, run in a background thread.
+    """``fn`` run eagerly or by ``compiler(fn)`` (:class:`.graphs.DirectCompiled`), per the
+    module doc; ``start`` is the compiler's start-up, run in a background thread.
 
     ``self(variant, work, *args)`` calls ``fn(*args)``; ``variant`` (hashable) names the
     compiled graph the call needs, ``work`` its element count (for ``auto``'s budget).
     """
 
-    def __init__(self, fn: Callable[..., Any], what: str, compiler: Compiler = _dynamic,
+    def __init__(self, fn: Callable[..., Any], what: str, compiler: Compiler = _direct,
                  start: StartUp = start_up) -> None:
         self.fn, self.what, self.compiler, self.start = fn, what, compiler, start
         self.failed = False
@@ -130,7 +134,7 @@ class Compiled:
 
     def __call__(self, variant: Hashable, work: int, *args: Any) -> Any:
         choice = backend()
-        if choice == "eager" or self.failed:
+        if choice == "eager" or self.failed or torch.compiler.is_compiling():
             return self.fn(*args)
         if variant in self._ready:
             assert self._compiled is not None
@@ -180,6 +184,6 @@ class Compiled:
     def _give_up(self, exc: Exception) -> None:
         self.failed = True
         warnings.warn(
-            f"lowprec: torch.compile of the {self.what} failed ({type(exc).__name__}: "
+            f"lowprec: compiling the {self.what} failed ({type(exc).__name__}: "
             f"{exc}); using the eager code (same bits, slower). Set LOWPREC_BACKEND=eager "
             "to silence this.", RuntimeWarning, stacklevel=3)

@@ -28,11 +28,11 @@ variant (:class:`Shape`: the flush of formats without subnormals, the sign-depen
 limit of two's complement, 64-bit element counting), and the format's constants are
 precomputed once per format (:func:`grid_constants`).
 
-``round_kernel`` is plain torch; :func:`run` calls it fused by ``torch.compile``
-(C++/OpenMP on CPU, Triton on CUDA) where that pays off, else eagerly (same bits): see
-:mod:`.backend`. Compiled graphs are kept by torch's on-disk caches (FX graph and AOT
-autograd caches, under ``TORCHINDUCTOR_CACHE_DIR``), so a new process loads them instead
-of compiling again (docs/torch-cache-bug.md: the graph signature that made them unsafe).
+``round_kernel`` is plain torch; :func:`run` calls it fused by inductor (C++/OpenMP on
+CPU, called without dynamo and kept on disk by :mod:`.graphs`; Triton on CUDA, through
+``torch.compile``) where that pays off, else eagerly (same bits): see :mod:`.backend`.
+A new process loads the graphs instead of compiling them again (docs/torch-cache-bug.md:
+the graph signature that once made torch's own caches unsafe).
 """
 
 from __future__ import annotations
@@ -384,7 +384,7 @@ _kernel = Compiled(quantize_into, "rounding kernel")
 def run(*args: object) -> torch.Tensor | None:
     """:func:`quantize_into` through the backend (:mod:`.backend`: compiled or eager, same bits).
 
-    A variant is what dynamo compiles a graph of its own for: the arguments after ``shape``,
+    A variant is what a graph of its own is compiled for: the arguments after ``shape``,
     dtypes, device, dimensions, aliasing, and the sizes and storage offsets of 0 and 1 it
     specialises. The kernel's inputs are detached and it runs without grad: one graph
     whatever the grad mode.

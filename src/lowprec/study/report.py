@@ -13,6 +13,7 @@ also gets :mod:`lowprec.sweep_report`'s section first.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ from . import sweep_report
 from .models import build_model
 from .results import Run, load_runs, mean_std, save_figure
 from .runs import CONFIG, write_text
+from .solvers import SolverConfig
 
 __all__ = ["CLOSE_PTS", "INADEQUATE_PTS", "claims", "write_report"]
 
@@ -112,10 +114,18 @@ def _lengths_differ(runs: list[Run]) -> bool:
     return len(finished) > 1 or any(len(n) > 1 for n in per_seed.values())
 
 
+#: the defaults of :class:`.solvers.SolverConfig`: a field missing from a run's ``config.json``
+#: (written before the field existed) had its default value
+_SOLVER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolverConfig)
+                    if f.default is not dataclasses.MISSING}
+
+
 def _solver_label(run: Run) -> str:
     """``"lr 0.05, batch 100, solver 1a2b3c"``: the learning rate, batch size and a digest of
-    the whole solver (runs with different solvers are never compared as seeds)."""
-    solver = run.config["solver"]
+    the whole solver (runs with different solvers are never compared as seeds), fields a
+    run's config lacks taken at their defaults; its ``note`` (prose) is not digested."""
+    solver = {**_SOLVER_DEFAULTS, **run.config["solver"]}
+    solver.pop("note", None)
     digest = hashlib.sha256(json.dumps(solver, sort_keys=True).encode()).hexdigest()[:6]
     return f"lr {solver.get('lr', '?'):g}, batch {run.config['batch_size']}, solver {digest}"
 
