@@ -177,3 +177,21 @@ def test_cifar10_provenance_names_content_not_folder(tmp_path: Path) -> None:
         pytest.skip("the development copy of CIFAR-10 is not beside the project")
     ds = load_dataset("cifar10", data_dir, download=False, normalize="none")
     assert str(data_dir) not in ds.provenance and "content sha256" in ds.provenance
+
+
+def test_a_solver_field_added_later_takes_its_default(tmp_path: Path) -> None:
+    """A run saved before a solver field existed (its config lacks ``optimizer``) pools
+    with runs that state the default; a run with another value, or another lr, does not."""
+    for seed in (0, 1):
+        save_run(tmp_path, "fp32", seed, [0.5, 0.7 + seed / 100], "done")
+    old = tmp_path / "digits-small_cnn-fp32-s0" / CONFIG
+    config = json.loads(old.read_text())
+    assert config["solver"].pop("optimizer") == "sgd"
+    config["solver"]["note"] = "reworded prose"
+    write_json(old, config)
+    runs = report.load_runs(tmp_path)
+    assert len({report._solver_label(r) for r in runs}) == 1
+    assert list(report._group(runs)) == [("digits", "small_cnn")]
+    config["solver"]["optimizer"] = "adamw"
+    write_json(old, config)
+    assert len({report._solver_label(r) for r in report.load_runs(tmp_path)}) == 2
