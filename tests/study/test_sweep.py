@@ -465,3 +465,12 @@ def test_report_without_a_sweep_has_no_sweep_section(tmp_path: Path) -> None:
     fake_sweep(tmp_path, {})
     (tmp_path / SUMMARY).unlink()
     assert "## Sweep" not in write_report(tmp_path).read_text()
+
+
+def test_sweep_report_names_the_sweep_file_not_its_path(tmp_path: Path) -> None:
+    """sweep.json records where the sweep file was read; the report names only the file."""
+    fake_sweep(tmp_path, {})
+    summary = json.loads((tmp_path / SUMMARY).read_text())
+    write_json(tmp_path / SUMMARY, {**summary, "file": "/home/someone/work/splits.toml"})
+    text = write_report(tmp_path).read_text()
+    assert "sweep file `splits.toml`" in text and "/home/someone" not in text

@@ -285,7 +285,8 @@ def section(folder: str | Path, runs: list[Run]) -> list[str]:
     groups = _groups(points)
     lines = [f"## Sweep `{summary['name']}`", "",
              f"{len(points)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-             + f"; sweep file `{summary['file'] or '(none)'}`, summary `{SUMMARY}`. "
+             + f"; sweep file `{Path(summary['file']).name if summary['file'] else '(none)'}`"
+             f" (its text is in the summary `{SUMMARY}`). "
              "Final test accuracy after the last epoch, mean ± sample std over seeds.", ""]
     for key, group in groups.items():
         suffix = "" if len(groups) == 1 else "-" + "-".join(map(str, key))
