@@ -17,7 +17,7 @@ lowprec source tree too
 (e.g. an older version, ``git archive``'d), in the same interleaved run.
 
     python benchmarks/coldstart.py [--recipes fp32,fp12_sr] [--repeat 3] \
-        [--backends auto,eager] [--compare OLD/src]
+        [--backends auto,eager] [--compare OLD/src] [--epochs 1]
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ import time
 from pathlib import Path
 
 
-def train_once(recipe: str, cache: Path, out: Path, backend: str, src: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of one fresh ``lowprec train`` process (one digits epoch)."""
+def train_once(recipe: str, cache: Path, out: Path, backend: str, src: Path,
+               epochs: int) -> tuple[float, float]:
+    """Wall and CPU seconds of one fresh ``lowprec train`` process (``epochs`` digits epochs)."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "LOWPREC_BACKEND": backend,
            "LOWPREC_CACHE_DIR": str(cache / "lowprec"),
            "PYTHONPATH": os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH"))))}
     cmd = [sys.executable, "-m", "lowprec", "train", "--dataset", "digits", "--model",
-           "small_cnn", "--epochs", "1", "--quiet", "--recipe", recipe, "--out", str(out)]
+           "small_cnn", "--epochs", str(epochs), "--quiet", "--recipe", recipe, "--out", str(out)]
     before = os.times()
     t = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--backends", default="auto",
                     help="LOWPREC_BACKEND values to time the recipes after the first under")
     ap.add_argument("--compare", type=Path, help="another lowprec source tree (its src/)")
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="digits epochs per run (longer runs: where compiling pays off)")
     args = ap.parse_args()
     srcs = {"this": Path(__file__).resolve().parents[1] / "src"}
     if args.compare:
@@ -76,9 +79,10 @@ def main() -> None:
                     cache = Path(tmp) / (f"cache-{recipe}-{backend}-{src}" + (
                         f"-{i}" if rnd == "first ever" else "-0"))
                     times.setdefault((rnd, recipe, backend, src), []).append(
-                        train_once(recipe, cache, Path(tmp) / "runs", backend, srcs[src]))
+                        train_once(recipe, cache, Path(tmp) / "runs", backend, srcs[src],
+                                   args.epochs))
     load.append(os.getloadavg()[0])
-    print(f"one digits epoch in a fresh process ({srcs}); median of {args.repeat} "
+    print(f"{args.epochs} digits epoch(s) in a fresh process ({srcs}); median of {args.repeat} "
           f"interleaved runs, seconds (excess over {base} in the same repeat); "
           f"load average {load[0]:.1f} before, {load[1]:.1f} after")
     print(f"{'recipe':10s} {'backend':8s} {'src':8s} {'round':11s} {'wall':>16s} {'cpu':>16s}")

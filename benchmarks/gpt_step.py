@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from steady import warm_up
 from torch import nn
 
 import lowprec as lp
@@ -99,9 +100,7 @@ def main() -> None:
     steps = {n: stepper(None if n == names[0] else n.split("@")[0],
                         n.split("@")[1] if "@" in n else settings[0]) for n in names}
     load0 = os.getloadavg()[0]
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
+    warm_up(steps.values(), args.warmup)
     times: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.steps):

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from steady import warm_up
 
 import lowprec as lp
 
@@ -45,8 +46,8 @@ def shapes(backward: bool) -> list[tuple[str, int, int, int]]:
 
 
 def best_time(fn: Callable[[], object], repeat: int, clock: Callable[[], float]) -> float:
-    """Smallest ``clock`` time of ``repeat`` calls after one warm-up call."""
-    fn()
+    """Smallest ``clock`` time of ``repeat`` calls after a warm-up (steady.py)."""
+    warm_up([fn], 1)
     times = []
     for _ in range(repeat):
         t = clock()

@@ -26,13 +26,14 @@ import time
 from collections.abc import Callable
 
 import torch
+from steady import warm_up
 
 import lowprec as lp
 from lowprec.numerics.telemetry import QuantInfo
 
 
 def best_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up (and compile)
+    warm_up([fn], 1)  # the kernels of a long run: compiled (steady.py)
     times = []
     for _ in range(repeat):
         t = time.perf_counter()

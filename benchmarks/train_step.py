@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from steady import warm_up
 
 import lowprec as lp
 from lowprec.study.models import build_model, default_solver
@@ -90,9 +91,7 @@ def main() -> None:
                         args.batch, n.split("@")[1] if "@" in n else settings[0])
              for n in names}
     load0 = os.getloadavg()[0]
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
+    warm_up(steps.values(), args.warmup)
     times: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):

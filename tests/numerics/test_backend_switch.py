@@ -1,8 +1,10 @@
 """How :class:`lowprec.numerics.backend.Compiled` chooses eager or compiled. No real
-compiler: a stand-in records what is compiled, where and when, so nothing compiles here."""
+compiler: a stand-in records what is compiled, where and when, so nothing compiles here;
+no real clock: each eager call of ``n`` elements "takes" ``n`` seconds."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 
@@ -41,14 +43,27 @@ class Recorder:
         return compiled
 
 
+class Clock:
+    """A clock that :func:`_double` advances by the element count of each call."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+
+
 def _double(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    CLOCK.now += x.numel()
     return out.copy_(2 * x)
 
 
 def _call(helper: backend.Compiled, variant: str, n: int) -> torch.Tensor:
     x = torch.arange(n, dtype=torch.float32)
     out = torch.empty_like(x)
-    helper(variant, n, out, x)
+    helper(variant, out, x)
     assert torch.equal(out, 2 * x)  # whichever path ran
     return x
 
@@ -60,7 +75,8 @@ def _helper(rec: Recorder) -> backend.Compiled:
 @pytest.fixture
 def small_budget(monkeypatch):
     monkeypatch.setenv("LOWPREC_BACKEND", "auto")
-    monkeypatch.setattr(backend, "EAGER_BUDGET", 100)
+    monkeypatch.setattr(backend, "EAGER_SECONDS", 100)
+    monkeypatch.setattr(backend, "_clock", CLOCK)
 
 
 def test_auto_runs_eagerly_until_the_compiler_has_started(small_budget):
@@ -69,7 +85,7 @@ def test_auto_runs_eagerly_until_the_compiler_has_started(small_budget):
     helper = _helper(rec)
     _call(helper, "a", 60)
     assert helper._thread is None  # under the budget: nothing to start
-    _call(helper, "a", 60)  # crosses it: the start-up begins in the background
+    _call(helper, "a", 40)  # crosses it: the start-up begins in the background
     assert helper._due == {"a"} and helper._thread is not None
     for _ in range(3):  # the caller does not wait
         _call(helper, "a", 1000)
@@ -82,7 +98,9 @@ def test_auto_runs_eagerly_until_the_compiler_has_started(small_budget):
     x = _call(helper, "a", 7)  # compiled now, in the caller's thread
     assert rec.compiled_calls[-1][1] is x and helper._ready == {"a"}
     assert rec.threads["compiled"] == {threading.current_thread().name}
-    _call(helper, "b", 60)  # crosses the budget after the start-up: compiled at once
+    _call(helper, "b", 60)  # crosses the budget after the start-up: timed, so eager
+    assert helper._due == {"a", "b"} and len(rec.compiled_calls) == 1
+    _call(helper, "b", 2)  # compiled from the next call on
     assert helper._ready == {"a", "b"} and len(rec.compiled_calls) == 2
     _call(helper, "a", 3)
     assert len(rec.compiled_calls) == 3
@@ -92,7 +110,7 @@ def test_compiled_compiles_before_returning_and_eager_never(monkeypatch):
     rec = Recorder()
     helper = _helper(rec)
     monkeypatch.setenv("LOWPREC_BACKEND", "eager")
-    _call(helper, "a", 1 << 21)
+    _call(helper, "a", 1 << 12)
     assert rec.compiled_calls == [] and helper._due == set() and helper._thread is None
     monkeypatch.setenv("LOWPREC_BACKEND", "compiled")
     x = _call(helper, "a", 3)
@@ -137,6 +155,8 @@ def test_switching_mid_stream_keeps_the_bits(monkeypatch, small_budget):
     rec = Recorder()
     monkeypatch.setattr(kernel, "_kernel", backend.Compiled(
         kernel.quantize_into, "kernel", compiler=rec, start=rec.start))
+    monkeypatch.setattr(backend, "_clock", itertools.count().__next__)  # 1 s per call
+    monkeypatch.setattr(backend, "EAGER_SECONDS", 2)
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(n, generator=g) for n in (40, 90, 333, 1000, 37, 4096)]
 

@@ -9,17 +9,24 @@
 * ``auto`` (default): compiled where that pays off, with as little waiting as possible.
 
 Under ``auto`` a *variant* (one graph: a rounding mode, dtypes, ...; the caller names it)
-runs eagerly until the elements it has been called on reach :data:`EAGER_BUDGET`
-(counting the call that crosses it; a fraction of a second of eager work on a small CPU,
-less than compiling one graph).
-Variants under the budget (a few hundred elements in all, for the study's models) are
-never compiled. (A budget of ``2**20``, "rent until the eager calls have cost what
-compiling would", was measured too: no gain, docs/benchmarks.md.)
+runs eagerly until the time its eager calls took reaches :data:`EAGER_SECONDS` (counting
+the call that crosses it), then compiled. This is rent-or-buy: compiling costs a fresh
+process 3-4 s on a 2-core CPU even when the graph is kept on disk (inductor's imports
+and the first load; 2-8 s more for a compile), and saves at most the eager time, so a
+variant is compiled only once running it eagerly has cost about that much. A short run
+never pays for a compiler (one digits epoch spends 0.26 s in all its eager rounding, ten
+epochs 2.6 s); a long one (a CIFAR-10 study run) compiles its busy variants within its
+first minute and never compiles the variants that stay cheap. The time is the caller's
+wall time of the eager call: on the CPU the work itself; on CUDA, where kernels run
+asynchronously, the host's launch time (what eager CUDA calls mostly cost). An earlier
+budget in elements (``2**18``) compiled in every digits epoch: 6-14 s more than eager,
+for 0.26 s saved; a budget of 1 s, ten digits epochs 4 s more than eager
+(docs/benchmarks.md).
 
 A fresh process also pays the compiler's start-up once, before its first graph: importing
 inductor and probing the C++ compiler (:func:`start_up`: 10.8 s alone on the loaded
 2-core machine of docs/benchmarks.md, more than loading a cached graph). That is done
-**in a background thread**, started when the first variant reaches the budget, while the
+**in a background thread**, started when the first variant reaches its budget, while the
 calls go on eagerly; the first call after it compiles the variant(s)
 due, in the calling thread, and runs them compiled from then on. The start-up is work the
 first compile would do anyway: where a core is idle it overlaps eager work instead of
@@ -49,17 +56,21 @@ import importlib
 import os
 import sys
 import threading
+import time
 import warnings
+import weakref
 from collections.abc import Callable, Hashable
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 
-__all__ = ["EAGER_BUDGET", "Compiled", "backend", "start_up"]
+__all__ = ["EAGER_SECONDS", "Compiled", "backend", "start_up", "wait_all"]
 
-#: elements a variant is called on eagerly, under ``auto``, before it is compiled
-EAGER_BUDGET = 1 << 18
+#: seconds of eager calls a variant runs, under ``auto``, before it is compiled
+EAGER_SECONDS = 3.0
+#: the clock the eager calls are timed with
+_clock = time.perf_counter
 
 _VARIANTS = 256  # dynamo's recompile limit while a new variant compiles (its default is 8)
 #: what compiling a first graph in a process imports (by far its slowest imports; dynamo
@@ -116,8 +127,8 @@ class Compiled:
     """``fn`` run eagerly or by ``compiler(fn)`` (:class:`.graphs.DirectCompiled`), per the
     module doc; ``start`` is the compiler's start-up, run in a background thread.
 
-    ``self(variant, work, *args)`` calls ``fn(*args)``; ``variant`` (hashable) names the
-    compiled graph the call needs, ``work`` its element count (for ``auto``'s budget).
+    ``self(variant, *args)`` calls ``fn(*args)``; ``variant`` (hashable) names the
+    compiled graph the call needs.
     """
 
     def __init__(self, fn: Callable[..., Any], what: str, compiler: Compiler = _direct,
@@ -125,14 +136,15 @@ class Compiled:
         self.fn, self.what, self.compiler, self.start = fn, what, compiler, start
         self.failed = False
         self._compiled: Callable[..., Any] | None = None
-        self._eager_work: dict[Hashable, int] = {}
+        self._eager_seconds: dict[Hashable, float] = {}
         self._due: set[Hashable] = set()  # over the budget: compiled once started up
         self._ready: set[Hashable] = set()  # compiled in this process
         self._thread: threading.Thread | None = None
         self._started = threading.Event()  # the start-up is done (or failed)
         self._error: Exception | None = None  # of the start-up
+        _HELPERS.add(self)
 
-    def __call__(self, variant: Hashable, work: int, *args: Any) -> Any:
+    def __call__(self, variant: Hashable, *args: Any) -> Any:
         choice = backend()
         if choice == "eager" or self.failed or torch.compiler.is_compiling():
             return self.fn(*args)
@@ -141,23 +153,26 @@ class Compiled:
             return self._compiled(*args)
         if choice == "compiled":
             return self._compile(variant, args)
-        if variant not in self._due:
-            done = self._eager_work.get(variant, 0) + work
-            self._eager_work[variant] = done
-            if done >= EAGER_BUDGET:
-                self._due.add(variant)
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._start_up, name=f"lowprec: start the compiler ({self.what})")
-                    self._thread.start()
-        if variant in self._due and self._started.is_set():
-            try:
-                if self._error is not None:
-                    raise self._error
-                return self._compile(variant, args)
-            except Exception as exc:
-                self._give_up(exc)
-        return self.fn(*args)
+        if variant in self._due:
+            if self._started.is_set():
+                try:
+                    if self._error is not None:
+                        raise self._error
+                    return self._compile(variant, args)
+                except Exception as exc:
+                    self._give_up(exc)
+            return self.fn(*args)
+        start = _clock()
+        result = self.fn(*args)
+        spent = self._eager_seconds.get(variant, 0.0) + _clock() - start
+        self._eager_seconds[variant] = spent
+        if spent >= EAGER_SECONDS:
+            self._due.add(variant)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._start_up, name=f"lowprec: start the compiler ({self.what})")
+                self._thread.start()
+        return result
 
     def wait(self) -> None:
         """Block until the background start-up is done: for tests and benchmarks."""
@@ -187,3 +202,12 @@ class Compiled:
             f"lowprec: compiling the {self.what} failed ({type(exc).__name__}: "
             f"{exc}); using the eager code (same bits, slower). Set LOWPREC_BACKEND=eager "
             "to silence this.", RuntimeWarning, stacklevel=3)
+
+
+_HELPERS: weakref.WeakSet[Compiled] = weakref.WeakSet()
+
+
+def wait_all() -> None:
+    """:meth:`Compiled.wait` of every helper: for benchmarks that warm up to a steady state."""
+    for helper in list(_HELPERS):
+        helper.wait()

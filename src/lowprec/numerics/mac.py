@@ -53,7 +53,7 @@ rounding the products of one in-block position for all blocks at once; the accum
 runs through them in order, ``Q_acc`` of 8 consecutive blocks fused into one
 ``torch.compile``'d pass over the output tile (:class:`_FusedChain`: one graph per rounding
 rule and chunk length 8 or 1, whatever the shapes, compiled by :class:`.backend.Compiled`
-once a variant has run on enough elements and cached on disk by torch;
+once a variant's eager calls have taken long enough, and kept on disk;
 ``LOWPREC_BACKEND=eager`` runs the same function op by op, same bits; calls on small tiles
 run on one thread). What remains is about one float64 FMA per term, one float64 rounding
 per output element and block, and the copies of the operands into float64
@@ -213,7 +213,7 @@ class _FusedChain:
             variant = (u, self.mode, self.overflow, self.shape, acc.device.type, min(size, 2),
                        min(acc.storage_offset(), 2), min(chunk.storage_offset(), 2),
                        torch.get_num_threads())
-            _CHAIN(variant, u * size, *args)
+            _CHAIN(variant, *args)
 
 
 def _no_duck_sizing() -> contextlib.AbstractContextManager[None]:
@@ -233,7 +233,7 @@ def _chain(acc: torch.Tensor, parts: torch.Tensor, grid: torch.Tensor, seeds: to
     acc.copy_(x)
 
 
-#: the chain, compiled once a variant has run on enough elements (:mod:`.backend`)
+#: the chain, compiled once a variant's eager calls have taken long enough (:mod:`.backend`)
 _CHAIN = Compiled(_chain, "mac_matmul accumulation")
 #: blocks per fused chunk (:class:`_FusedChain`)
 _UNROLL = 8

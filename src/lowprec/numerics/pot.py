@@ -101,10 +101,9 @@ _combine_compiled = Compiled(_combine, "power-of-two product kernel")
 
 def _products(*fields: torch.Tensor) -> torch.Tensor:
     """:func:`_combine` through the backend (:mod:`.backend`: compiled or eager, same bits)."""
-    shape = torch.broadcast_shapes(*(f.shape for f in fields))
     # dynamo specialises sizes of 0 and 1 (broadcast dimensions) into graphs of their own
     variant = tuple((f.dtype, *(n <= 1 for n in f.shape)) for f in fields)
-    return _combine_compiled(variant, shape.numel(), *fields)
+    return _combine_compiled(variant, *fields)
 
 
 def mul(w: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

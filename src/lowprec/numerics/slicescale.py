@@ -225,7 +225,7 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     # detached aliases are no autograd views: dynamo guards on no base tensor's sizes;
     # without duck shapes, sizes that happen to be equal (nb == size) share no symbol
     with torch.no_grad(), _NO_DUCK_SHAPES:
-        scales, measured = _fused(variant, x4.numel(), target.detach(), x4.detach(), grid,
+        scales, measured = _fused(variant, target.detach(), x4.detach(), grid,
                                   seed, _consts(fmt, margin, strides, x.device),
                                   rounding, ovf, shape, compute, scale_rounding, nan_block,
                                   dims, stats, shifted, size)
