@@ -65,3 +65,36 @@ def test_compiling_leaves_the_random_states_alone(cache):
     torch.manual_seed(4)
     _call(graphs.DirectCompiled(_scaled_sum, lambda: None), 6)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_large_calls_get_a_graph_that_splits_its_loop_over_the_threads(cache, tmp_path,
+                                                                       monkeypatch):
+    """Whether a graph runs on all of torch's threads depends on the call's size class,
+    not on the size its signature first met (a small first call once made every later
+    large call run on one thread). Read off the C++ inductor writes."""
+    import logging
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no FX hits
+    code: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            code.append(record.getMessage())
+
+    handler, threads = Keep(), torch.get_num_threads()
+    logger = logging.getLogger("torch._inductor")
+    torch.set_num_threads(2)
+    torch._logging.set_logs(output_code=True)
+    logger.addHandler(handler)
+    try:
+        g = graphs.DirectCompiled(_scaled_sum, lambda: None)
+        parallel = []
+        for n in (1000, graphs.PARALLEL_MIN, 50):  # small, large, small again
+            code.clear()
+            _call(g, n)
+            parallel.append("#pragma omp parallel" in "\n".join(code) if code else None)
+    finally:
+        logger.removeHandler(handler)
+        torch._logging.set_logs()
+        torch.set_num_threads(threads)
+    assert parallel == [False, True, None]  # the third call reuses the first graph

@@ -9,13 +9,24 @@ loads it in 10-20 ms instead of tracing and compiling it (docs/benchmarks.md).
 
 A call's *signature* is its non-tensor arguments; its tensors' dtypes, device types,
 ranks, contiguity, and which of their sizes and storage offsets are 0, 1 or more (what
-tracing specialises); which arguments are one tensor (aliasing); torch's thread count. Per signature
+tracing specialises); which arguments are one tensor (aliasing); torch's thread count;
+whether the call is *large* (its largest tensor holds at least :data:`PARALLEL_MIN`
+elements). Per signature
 the kernel function is traced by ``make_fx`` with symbolic sizes (no duck sizing: sizes
 that happen to be equal get symbols of their own) and compiled by inductor
 (``torch._inductor.standalone_compile``). What the trace assumed about sizes (0 and 1
 specialised, sizes equal, strides, storage offsets: the ``ShapeEnv``'s guards, including
 those inductor adds) is compiled into one Python expression checked before each call; a
 call that fails it gets a graph of its own. The compiled graph takes the tensors only.
+
+Threads: inductor splits a loop over torch's threads (OpenMP) when the sizes the trace
+saw promise enough work, and the graph keeps that choice for every size it later serves
+(torch's own FX cache, which keys on the symbolic graph, does the same). A graph first
+traced on a 64-element bias update once served a 3.3M-element activation on one thread
+(at 2 threads the kernel then ran at 0.7 of the speed it reaches). So the choice is made
+per signature instead: large calls get a graph that always splits its loop, the others
+one that never does (inductor's ``cpp.min_chunk_size`` set to 1 or to infinity while
+compiling). :data:`PARALLEL_MIN` is ATen's own grain size for its parallel loops.
 
 On disk: ``$LOWPREC_CACHE_DIR`` (default ``$XDG_CACHE_HOME/lowprec``, else
 ``~/.cache/lowprec``; ``off`` disables it), ``kernels/<key>/<n>.bin`` with its guards in
@@ -50,8 +61,10 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch.utils import _pytree as pytree
 
-__all__ = ["GRAPHS", "DirectCompiled", "cache_dir"]
+__all__ = ["GRAPHS", "PARALLEL_MIN", "DirectCompiled", "cache_dir"]
 
+#: elements of a call's largest tensor from which its graph splits loops over the threads
+PARALLEL_MIN = 32768
 #: every graph compiled (not loaded) in this process: ``(kernel name, signature)``
 GRAPHS: list[tuple[str, tuple[Any, ...]]] = []
 _UNSAVED: set[str] = set()  # kernels whose graphs could not be saved (warned once)
@@ -134,6 +147,7 @@ class DirectCompiled:
                     tensors.append(a)
             else:
                 sig.append(a)
+        sig.append(max((t.numel() for t in tensors), default=0) >= PARALLEL_MIN)
         if any(t.device.type != "cpu" for t in tensors):
             if self._dynamic is None:
                 self._dynamic = self._dynamic_factory()
@@ -179,6 +193,7 @@ class DirectCompiled:
     def _compile(self, key: tuple[Any, ...], args: tuple[Any, ...],
                  tensors: list[torch.Tensor]) -> _Graph:
         """Trace ``fn`` on ``args`` with symbolic sizes, compile it, keep it on disk."""
+        from torch._inductor import config as inductor_config
         from torch._inductor import standalone_compile
         from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -200,7 +215,9 @@ class DirectCompiled:
             for node in next(iter(reversed(gm.graph.nodes))).args[0]:
                 node.meta["example_value"] = node.meta["val"]
             fakes = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
-            art = standalone_compile(gm, fakes, dynamic_shapes="from_graph")
+            chunk = 1 if key[-1] else 2**62  # large: always split over the threads; else never
+            with inductor_config.patch({"cpp.min_chunk_size": chunk}):
+                art = standalone_compile(gm, fakes, dynamic_shapes="from_graph")
             guards = fakes[0].fake_mode.shape_env.produce_guards_expression(
                 fakes, ignore_static=False)
         finally:
