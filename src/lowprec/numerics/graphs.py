@@ -10,8 +10,8 @@ loads it in 10-20 ms instead of tracing and compiling it (docs/benchmarks.md).
 A call's *signature* is its non-tensor arguments; its tensors' dtypes, device types,
 ranks, contiguity, and which of their sizes and storage offsets are 0, 1 or more (what
 tracing specialises); which arguments are one tensor (aliasing); torch's thread count;
-whether the call is *large* (its largest tensor holds at least :data:`PARALLEL_MIN`
-elements). Per signature
+whether the call is *large* (more than one thread, and its largest tensor holds at least
+:data:`PARALLEL_MIN` elements). Per signature
 the kernel function is traced by ``make_fx`` with symbolic sizes (no duck sizing: sizes
 that happen to be equal get symbols of their own) and compiled by inductor
 (``torch._inductor.standalone_compile``). What the trace assumed about sizes (0 and 1
@@ -147,7 +147,7 @@ class DirectCompiled:
                     tensors.append(a)
             else:
                 sig.append(a)
-        sig.append(max((t.numel() for t in tensors), default=0) >= PARALLEL_MIN)
+        sig.append(sig[0] > 1 and max((t.numel() for t in tensors), default=0) >= PARALLEL_MIN)
         if any(t.device.type != "cpu" for t in tensors):
             if self._dynamic is None:
                 self._dynamic = self._dynamic_factory()
