@@ -169,7 +169,9 @@ def test_nvfp4_two_level() -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def reference_exponent(amax: Fraction, fmax: Fraction, emax: int, rounding: str) -> int:
+def reference_exponent(amax: Fraction, fmax: Fraction, emax: int, rounding: str,
+                       margin: int = 0) -> int:
+    """The scale exponent of ``amax`` by the rule ``rounding``, plus ``margin``, clamped."""
     if amax == 0:
         return -127
     if rounding == "floor":
@@ -182,28 +184,49 @@ def reference_exponent(amax: Fraction, fmax: Fraction, emax: int, rounding: str)
         else:  # nearest power of two, tie to the even exponent
             d_lo, d_hi = target - Fraction(2) ** lo, Fraction(2) ** (lo + 1) - target
             x = lo if d_lo < d_hi or d_lo == d_hi and lo % 2 == 0 else lo + 1
-    return min(max(x, -127), 127)
+    return min(max(x + margin, -127), 127)
 
 
-@pytest.mark.parametrize("rounding", ["floor", "ceil", "even"])
-@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp4_e2m1", "fxp12", "int8"])
-def test_pow2_exponent_rules(rounding: str, fmt: str) -> None:
-    """One slice per element (channel scaling of a vector): every exponent against Fractions."""
-    f = lp.formats.get(fmt)
+def _check_pow2_exponents(f: lp.Format, dtype: torch.dtype, rounding: str) -> None:
+    """Channel scaling of a vector (one slice per element) in ``dtype``: every exponent
+    against Fractions, subnormal amaxes included. float32 takes the 32-bit-lane exponent
+    where the format's ``emax`` exceeds the margin."""
     g = torch.Generator().manual_seed(2)
     amax = torch.exp2(torch.rand(300, generator=g, dtype=torch.float64) * 80 - 40)
     ties = torch.tensor([1.5, 0.75, 3.0, 1.0, 2.0, 0.5], dtype=torch.float64) * f.max
-    x = torch.cat([amax.float().double(), ties, torch.zeros(1, dtype=torch.float64)])
+    tiny = torch.tensor([2.0**-149, 3 * 2.0**-140, 2.0**-127, 1.5 * 2.0**-127, 0.75 * 2.0**-126,
+                         (1 - 2.0**-23) * 2.0**-126, 2.0**-126], dtype=torch.float64)
+    x = torch.cat([amax.float().double(), ties, tiny, torch.zeros(1, dtype=torch.float64)])
     s = lp.Scaling("channel", axis=0, scale_rounding=rounding,
                    margin=1 if rounding == "ceil" else 0)
-    y, info = lp.quantize(x, f, scaling=s, return_info=True)
+    y, info = lp.quantize(x.to(dtype), f, scaling=s, return_info=True)
     emax = math.frexp(f.max)[1] - 1
-    want = [reference_exponent(Fraction(a), Fraction(f.max), emax, rounding) + s.margin
+    want = [reference_exponent(Fraction(a), Fraction(f.max), emax, rounding, s.margin)
             for a in x.tolist()]
-    want[-1] = -127  # zero slice
     assert [int(math.log2(v)) for v in info.scales.tolist()] == want
     if rounding == "ceil":
         assert info.overflow == 0.0
+
+
+#: a fixed-point format whose largest value is below 1 (emax = -6): subnormal amaxes get
+#: scale exponents above the clamp at -127
+SMALL_FXP = lp.FixedPoint(8, 12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rounding", ["floor", "ceil", "even"])
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp4_e2m1", "fxp12", "int8", SMALL_FXP])
+def test_pow2_exponent_rules(rounding: str, fmt: str | lp.Format, dtype: torch.dtype) -> None:
+    """One slice per element (channel scaling of a vector): every exponent against Fractions."""
+    _check_pow2_exponents(lp.formats.get(fmt), dtype, rounding)
+
+
+@pytest.mark.parametrize(("rounding", "fmt"), [("ceil", "int8"), ("even", "fp4_e2m1")])
+def test_pow2_exponent_rules_compiled(monkeypatch, rounding: str, fmt: str) -> None:
+    """The same by the compiled fused kernel, whose exponents of float32 amaxes run on
+    32-bit lanes (inductor's vector shifts; subnormal amaxes clamped without normalising)."""
+    monkeypatch.setenv("LOWPREC_BACKEND", "compiled")
+    _check_pow2_exponents(lp.formats.get(fmt), torch.float32, rounding)
 
 
 @pytest.mark.parametrize("rounding", ["floor", "ceil", "even"])
@@ -220,9 +243,7 @@ def test_per_tensor_exponent_rules(rounding: str, fmt: str) -> None:
     for i, a in enumerate([*amaxes.tolist(), *(t * f.max for t in ties), 0.0, 2.0**-140]):
         x = torch.tensor([0.25 * a, -a if i % 2 else a, 0.0])
         _, info = lp.quantize(x, f, scaling=s, return_info=True)
-        want = -127 if a == 0 else min(max(
-            reference_exponent(Fraction(a), Fraction(f.max), emax, rounding) + s.margin, -127),
-            127)
+        want = reference_exponent(Fraction(a), Fraction(f.max), emax, rounding, s.margin)
         assert math.log2(float(info.scales)) == want, (a, rounding)
 
 

@@ -69,7 +69,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.fx.experimental import _config as fx_config
 
 from . import kernel, presets
 from .backend import Compiled
@@ -208,19 +207,12 @@ class _FusedChain:
                                   dtype=torch.int32).to(acc.device)
             index = torch.arange(size, dtype=torch.int32, device=acc.device)
         args = (acc, chunk, self.grid, seeds, index, self.mode, self.overflow, self.shape)
-        with _threads_for(u * size, acc.device), _no_duck_sizing():
+        with _threads_for(u * size, acc.device):
             # what dynamo specialises: sizes and storage offsets of 0 and 1, thread count
             variant = (u, self.mode, self.overflow, self.shape, acc.device.type, min(size, 2),
                        min(acc.storage_offset(), 2), min(chunk.storage_offset(), 2),
                        torch.get_num_threads())
             _CHAIN(variant, *args)
-
-
-def _no_duck_sizing() -> contextlib.AbstractContextManager[None]:
-    """Dynamo without duck sizing: sizes and offsets that happen to be equal when a graph is
-    compiled (an offset of 2 and the seeds' 2 columns, say) get no equality guard, so the
-    graph serves the next call, where they differ."""
-    return fx_config.patch(use_duck_shape=False)
 
 
 @torch.no_grad()

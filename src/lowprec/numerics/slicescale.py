@@ -26,7 +26,14 @@ emax)`` as ``M`` with ``Mmax``: ``X = E - 1023 - emax`` (``"floor"``), ``+ (M > 
 53-bit significands (``2 (2**52 + M)`` or ``4 (2**52 + M)`` against ``3 (2**52 + Mmax)``,
 a tie to the even ``X``). Then ``X + margin`` clamped to ``[-127, 127]``; an all-zero
 slice gets ``-127``. These are integer operations, exact, and the same bits as
-:func:`.scaling._pow2_exponent`'s ``frexp`` formulation.
+:func:`.scaling._pow2_exponent`'s ``frexp`` formulation. The fused kernel recomputes
+them for every element where slices run across rows; in 64-bit lanes that cost as much
+as the rounding. So a float32 ``amax`` of a format with ``emax > margin`` takes the same
+steps on 32-bit lanes: its exponent field ``E'`` and 23-bit fraction ``M'`` are the
+float64 ones rebiased (``E' - 127 = E - 1023``, ``M = M' 2**29``; ``Mmax' = Mmax / 2**29``,
+a float32 format's ``max`` having no more fraction bits), so every comparison is the
+float64 one scaled by ``2**29``. A subnormal ``amax`` (``E' = 0``) then gets ``X <= -127 -
+emax + 1 + margin <= -127`` whatever the rule, clamped to ``-127`` as its exact exponent is.
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ import math
 import struct
 
 import torch
-import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
 
 from . import kernel
@@ -63,26 +69,37 @@ def _consts(fmt: Format, margin: int, strides: tuple[int, ...],
     return torch.tensor((emax, mmax, margin, *strides), dtype=torch.int64, device=device)
 
 
-def pow2_exponent(amax: torch.Tensor, consts: torch.Tensor, scale_rounding: str) -> torch.Tensor:
-    """The clamped scale exponent ``X`` (int64) of each nonnegative ``amax``;
-    ``consts``: :func:`_consts` (module docstring)."""
-    bits = amax.to(torch.float64).view(torch.int64)
-    x = (bits >> 52) - 1023 - consts[0]
-    m, mmax = bits & _FRACTION, consts[1]
+def pow2_exponent(amax: torch.Tensor, consts: torch.Tensor, scale_rounding: str,
+                  lanes32: bool = False) -> torch.Tensor:
+    """The clamped scale exponent ``X`` (int64; int32 with ``lanes32``) of each nonnegative
+    ``amax``; ``consts``: :func:`_consts`. ``lanes32``: a float32 ``amax`` of a format with
+    ``emax > margin`` on 32-bit lanes (module docstring)."""
+    if lanes32:
+        bits, c = amax.view(torch.int32), consts.to(torch.int32)
+        p, bias, mmax = 23, 127, (consts[1] >> 29).to(torch.int32)
+    else:
+        bits, c = amax.to(torch.float64).view(torch.int64), consts
+        p, bias, mmax = 52, 1023, consts[1]
+    x = (bits >> p) - bias - c[0]
+    m = bits & ((1 << p) - 1)
     if scale_rounding == "ceil":
-        x = x + (m > mmax).to(torch.int64)
+        x = x + (m > mmax).to(x.dtype)
     elif scale_rounding == "even":
         top = m >= mmax
-        mi, mid = m + (1 << 52), 3 * (mmax + (1 << 52))
+        mi, mid = m + (1 << p), 3 * (mmax + (1 << p))
         mid2 = torch.where(top, 2 * mi, 4 * mi)
         lo = torch.where(top, x, x - 1)
-        x = lo + ((mid2 > mid) | (mid2 == mid) & (lo & 1 == 1)).to(torch.int64)
-    return torch.where(bits > 0, x + consts[2], -127).clamp(-127, 127)
+        x = lo + ((mid2 > mid) | (mid2 == mid) & (lo & 1 == 1)).to(x.dtype)
+    return torch.where(bits > 0, x + c[2], -127).clamp(-127, 127)
 
 
 def _pow2(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``2**x`` for integer ``x`` in [-127, 127] (int64), exactly, in ``dtype``."""
-    return ((x + 1023) << 52).view(torch.float64).to(dtype)
+    """``2**x`` for integer ``x`` in [-127, 127], exactly, in ``dtype``: from int32 ``x`` a
+    float32 bit pattern (``2**-127``, float32's one subnormal here, is ``1 << 22``), from
+    int64 ``x`` a float64 one."""
+    if x.dtype == torch.int32 and dtype == torch.float32:
+        return torch.where(x > -127, (x + 127) << 23, 1 << 22).view(torch.float32)
+    return ((x.to(torch.int64) + 1023) << 52).view(torch.float64).to(dtype)
 
 
 def _shifted_grid(grid: torch.Tensor, exps: torch.Tensor, compute: torch.dtype
@@ -105,8 +122,8 @@ def _shifted_grid(grid: torch.Tensor, exps: torch.Tensor, compute: torch.dtype
 def fused_round(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: torch.Tensor,
                 consts: torch.Tensor, mode: str, overflow: str, shape: kernel.Shape,
                 compute: torch.dtype, scale_rounding: str, nan_block: bool,
-                dims: tuple[int, ...], stats: bool, shifted: bool, size: int
-                ) -> tuple[torch.Tensor | None, ...]:
+                dims: tuple[int, ...], stats: bool, shifted: bool, size: int,
+                lanes32: bool = False) -> tuple[torch.Tensor | None, ...]:
     """``out[:] = 2**X * round(x * 2**-X)`` with one ``X`` per slice, the slices being
     ``x``'s (4-d) extent over ``dims``; returns the scales (float64, keepdim; NaN for a
     NaN slice) and the :func:`.kernel.telemetry` when ``stats`` (else ``(None, None)``).
@@ -118,6 +135,7 @@ def fused_round(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: to
     NaN, else the amax is that of the finite elements. ``shifted``: round ``x`` onto each
     slice's shifted grid (:func:`_shifted_grid`; no scaling passes, ``shape`` must allow
     subnormal inputs) instead of scaling, rounding and unscaling: the same result.
+    ``lanes32``: the exponents on 32-bit lanes (:func:`pow2_exponent`).
     """
     x = x.view(x.shape[0], x.shape[1], size, x.shape[3])
     out = out.view(x.shape)
@@ -125,7 +143,7 @@ def fused_round(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: to
     ity = kernel.int_dtype(compute)
     finite = (xc.view(ity) & torch.iinfo(ity).max) < _INF_BITS[compute]
     amax = torch.where(finite, xc.abs(), 0).amax(dim=dims, keepdim=True)
-    exps = pow2_exponent(amax, consts, scale_rounding)
+    exps = pow2_exponent(amax, consts, scale_rounding, lanes32)
     bad = (~finite).any(dim=dims, keepdim=True) if nan_block else None
     index = None
     if mode == "stochastic":
@@ -172,7 +190,6 @@ def _shiftable(fmt: Format, compute: torch.dtype, scale_rounding: str, margin: i
 
 
 _fused = Compiled(fused_round, "scaled rounding kernel")
-_NO_DUCK_SHAPES = fx_config.patch(use_duck_shape=False)
 
 
 def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, axis: int,
@@ -220,19 +237,23 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     shifted = _shiftable(fmt, compute, scale_rounding, margin)
     if shifted:
         shape = shape._replace(subnormal_inputs=True)
+    lanes32 = compute == torch.float32 and math.frexp(fmt.max)[1] - 1 > margin
     variant = (rounding, ovf, shape, compute, scale_rounding, nan_block, dims, stats,
-               shifted, size, x.dtype, dtype, x.device.type, *(s <= 1 for s in x4.shape))
-    # detached aliases are no autograd views: dynamo guards on no base tensor's sizes;
-    # without duck shapes, sizes that happen to be equal (nb == size) share no symbol
-    with torch.no_grad(), _NO_DUCK_SHAPES:
+               shifted, size, lanes32, x.dtype, dtype, x.device.type,
+               *(s <= 1 for s in x4.shape))
+    # detached aliases are no autograd views: dynamo guards on no base tensor's sizes
+    # (sizes that happen to be equal, nb == size, share no symbol: .graphs traces without
+    # duck sizing)
+    with torch.no_grad():
         scales, measured = _fused(variant, target.detach(), x4.detach(), grid,
                                   seed, _consts(fmt, margin, strides, x.device),
                                   rounding, ovf, shape, compute, scale_rounding, nan_block,
-                                  dims, stats, shifted, size)
+                                  dims, stats, shifted, size, lanes32)
     if direct:
         y = out
     else:
-        y = target.view(outer, -1, inner)[:, :n].reshape(x.shape)
+        y = target.view(outer, -1, inner)[:, :n].reshape(x.shape) if pad else target.view(
+            x.shape)
         if out is not None:
             y = out.copy_(y)
     if measured is not None and pad:  # the padding zeros (NaN in a NaN block) are not x's
