@@ -1,16 +1,27 @@
 """The study's six recipes train bit-identically to the recorded behaviour.
 
 ``regression_digests.json`` was written by this module (``python tests/train/
-test_regression.py``) from the code *before* op-level rounding existed: a recipe without
-``ops`` must keep rounding exactly as it did. Each case trains a small model on a few fixed
-random batches (SGD with momentum, ``wrap_optimizer``, default telemetry) and records the
-losses (as float hex) and a sha256 of the final ``state_dict`` tensors' bytes.
+test_regression.py``, with ``PYTHONPATH`` pointing at the ``src`` of commit ead9cc9) from
+the code *before* op-level rounding existed: a recipe without ``ops`` must keep rounding
+exactly as it did. Each case trains a small model on a few fixed random batches (SGD with
+momentum, ``wrap_optimizer``, default telemetry) and records the losses (as float hex) and
+a sha256 of the final ``state_dict`` tensors' bytes.
+
+fp32 arithmetic around the roundings (GEMMs, convolutions, softmax) gives different last
+bits on different CPUs (AVX2 and AVX-512 kernels sum in different orders), so the runs
+happen in a child process pinned to a reproducible configuration (:data:`PINNED_ENV`:
+ATen's unvectorised kernels, MKL's conditional numerical reproducibility, convolutions
+through MKL's GEMM instead of oneDNN, one thread); the roundings themselves are integer
+arithmetic, the same on every CPU.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +36,8 @@ from lowprec.train.recipes import STUDY
 
 FIXTURE = Path(__file__).with_name("regression_digests.json")
 STEPS = 3
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
+              "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _model(kind: str) -> nn.Module:
@@ -62,20 +75,31 @@ def train_digest(kind: str, recipe: str) -> dict[str, object]:
 CASES = [(k, r) for k in ("small_cnn", "mlp") for r in STUDY]
 
 
+def _digests_here() -> dict[str, dict[str, object]]:
+    """Every case's digest in this process (run by :func:`pinned_digests`' child)."""
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False  # convolutions by im2col and MKL's GEMM
+    return {f"{k}/{r}": train_digest(k, r) for k, r in CASES}
+
+
+@functools.cache
+def pinned_digests() -> dict[str, dict[str, object]]:
+    """Every case's digest, computed in a child process under :data:`PINNED_ENV`."""
+    done = subprocess.run([sys.executable, __file__, "--print"], capture_output=True,
+                          text=True, env={**os.environ, **PINNED_ENV}, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 @pytest.mark.parametrize(("kind", "recipe"), CASES)
 def test_study_recipes_bit_identical(kind: str, recipe: str) -> None:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        got = train_digest(kind, recipe)
-    finally:
-        torch.set_num_threads(n)
     want = json.loads(FIXTURE.read_text())[f"{kind}/{recipe}"]
-    assert got == want
+    assert pinned_digests()[f"{kind}/{recipe}"] == want
 
 
 if __name__ == "__main__":  # regenerate: only from a commit whose behaviour is the reference
-    torch.set_num_threads(1)
-    out = {f"{k}/{r}": train_digest(k, r) for k, r in CASES}
-    FIXTURE.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    if sys.argv[1:] == ["--print"]:
+        print(json.dumps(_digests_here(), sort_keys=True))
+    else:
+        FIXTURE.write_text(json.dumps(pinned_digests(), indent=1, sort_keys=True) + "\n")
     sys.exit(0)
