@@ -36,6 +36,7 @@ import torch
 import lowprec as lp
 from lowprec.numerics.cast import round_to_format
 from lowprec.numerics.formats import FixedPoint, FloatingPoint
+from lowprec.numerics.scaling import _traced_tensor_round
 
 # ------------------------------------------------------------------------------------------
 # independent reference (Fractions)
@@ -232,19 +233,27 @@ def test_pow2_exponent_rules_compiled(monkeypatch, rounding: str, fmt: str) -> N
 @pytest.mark.parametrize("rounding", ["floor", "ceil", "even"])
 @pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp12", "fxp12"])
 def test_per_tensor_exponent_rules(rounding: str, fmt: str) -> None:
-    """Per-tensor scaling takes its exponent with scalar arithmetic: every tensor's
-    exponent against Fractions (amax on either sign, ties, zero, beyond the clamp)."""
+    """Per-tensor scaling takes its exponent with scalar arithmetic, or on the device (a
+    delayed scaling's history; what ``torch.compile`` traces): every tensor's exponent
+    against Fractions (amax on either sign, ties, zero, subnormal, beyond the clamp)."""
     f = lp.formats.get(fmt)
     g = torch.Generator().manual_seed(3)
     amaxes = torch.exp2(torch.rand(60, generator=g, dtype=torch.float64) * 80 - 40).float()
     ties = [1.5, 0.75, 3.0, 1.0, 2.0, 0.5]
     emax = math.frexp(f.max)[1] - 1
     s = lp.Scaling(scale_rounding=rounding, margin=-1 if rounding == "even" else 0)
-    for i, a in enumerate([*amaxes.tolist(), *(t * f.max for t in ties), 0.0, 2.0**-140]):
+    hist = dataclasses.replace(s, method="history")
+    for i, a in enumerate([*amaxes.tolist(), *(t * f.max for t in ties), 0.0, 2.0**-140,
+                           2.0**-149, 3 * 2.0**-130]):
         x = torch.tensor([0.25 * a, -a if i % 2 else a, 0.0])
-        _, info = lp.quantize(x, f, scaling=s, return_info=True)
         want = reference_exponent(Fraction(a), Fraction(f.max), emax, rounding, s.margin)
-        assert math.log2(float(info.scales)) == want, (a, rounding)
+        _, info = lp.quantize(x, f, scaling=s, return_info=True)
+        _, delayed = lp.quantize(x, f, scaling=hist, scale_state=hist.new_state(),
+                                 return_info=True)
+        _, traced = _traced_tensor_round(x, f, "nearest", s, True, None, generator=None,
+                                         rand_bits=None, overflow=None, dtype=x.dtype)
+        for got in (info, delayed, traced):
+            assert math.log2(float(got.scales)) == want, (a, rounding)
 
 
 @pytest.mark.parametrize("rounding", ["floor", "ceil", "even"])
