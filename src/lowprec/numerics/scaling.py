@@ -249,21 +249,44 @@ def _pow2_exponent(amax: torch.Tensor, fmt: Format, s: Scaling) -> torch.Tensor:
     comparisons of ``m`` with ``c``, ``3c/2`` and ``3c/4`` are done on 53-bit integers,
     so they are exact.
     """
-    emax = _emax(fmt)
+    return _exponent(amax, fmt.max, _emax(fmt), s.scale_rounding, s.margin)
+
+
+def _exponent(amax: torch.Tensor, fmax: float, emax: int, scale_rounding: str,
+              margin: int) -> torch.Tensor:
+    """:func:`_pow2_exponent` of a format with largest value ``fmax = 2**emax * c``."""
     m, e = torch.frexp(amax)
     x = (e.to(torch.float64) - 1 - emax)
     mi = torch.ldexp(m, torch.tensor(53.0, dtype=m.dtype, device=m.device)).to(torch.int64)
-    ci = int(math.ldexp(fmt.max, 52 - emax))  # c * 2**53
-    if s.scale_rounding == "ceil":
+    ci = int(math.ldexp(fmax, 52 - emax))  # c * 2**53
+    if scale_rounding == "ceil":
         x = x + (mi > ci).to(x.dtype)
-    elif s.scale_rounding == "even":  # amax/max in (2**(Xf-1), 2**Xf) or [2**Xf, 2**(Xf+1))
+    elif scale_rounding == "even":  # amax/max in (2**(Xf-1), 2**Xf) or [2**Xf, 2**(Xf+1))
         top = mi >= ci
         mid2, mid = torch.where(top, 2 * mi, 4 * mi), 3 * ci  # compared with the midpoint
         lo = torch.where(top, x, x - 1)
         tie_up = (mid2 == mid) & (torch.remainder(lo, 2) == 1)
         x = lo + ((mid2 > mid) | tie_up).to(x.dtype)
-    x = torch.where(amax > 0, x + s.margin, -math.inf)
+    x = torch.where(amax > 0, x + margin, -math.inf)
     return x.clamp(EXP_MIN, EXP_MAX)
+
+
+@torch.library.custom_op("lowprec::pow2_scale", mutates_args=())
+def _pow2_scale(amax: torch.Tensor, fmax: float, emax: int, scale_rounding: str,
+                margin: int) -> torch.Tensor:
+    """``2**X`` (float64, exactly) for the exponent :func:`_exponent` of ``amax``: an op
+    opaque to the compiler, so that a compiled graph computes the scale once, into its own
+    buffer, instead of inlining the ``frexp`` chain into the loop over the tensor it
+    scales (once per 16 elements there: a compiled stochastic rounding of 3.3M elements
+    took 4.8-6.1 ms with it, 4.0-4.4 ms without)."""
+    x = _exponent(amax, fmax, emax, scale_rounding, margin)
+    return ((x.to(torch.int64) + 1023) << 52).view(torch.float64)
+
+
+@_pow2_scale.register_fake
+def _(amax: torch.Tensor, fmax: float, emax: int, scale_rounding: str,
+      margin: int) -> torch.Tensor:
+    return torch.empty_like(amax, dtype=torch.float64)
 
 
 def _pow2_exponent_of(amax: float, fmt: Format, s: Scaling) -> int:
@@ -503,9 +526,8 @@ def _traced_tensor_round(x: torch.Tensor, fmt: Format, rounding: str, s: Scaling
     amax = torch.where(torch.isfinite(xd), xd.abs(), 0).amax().to(torch.float64)  # finite |x|
     if state is not None:
         amax = state.step(amax)
-    exp = _pow2_exponent(amax, fmt, s)
     compute = _compute_dtype(x, fmt, rounding, True)
-    sc64 = ((exp.to(torch.int64) + 1023) << 52).view(torch.float64)  # 2**X, exactly
+    sc64 = _pow2_scale(amax, fmt.max, _emax(fmt), s.scale_rounding, s.margin)  # 2**X
     sc = sc64.to(compute)
     v = xd.to(compute) * (1 / sc)  # 1 / 2**X is exact
     v, stats = round_measured(v, fmt, rounding, generator=generator, rand_bits=rand_bits,
