@@ -254,7 +254,8 @@ def _pow2_exponent(amax: torch.Tensor, fmt: Format, s: Scaling) -> torch.Tensor:
 
 def _exponent(amax: torch.Tensor, fmax: float, emax: int, scale_rounding: str,
               margin: int) -> torch.Tensor:
-    """:func:`_pow2_exponent` of a format with largest value ``fmax = 2**emax * c``."""
+    """:func:`_pow2_exponent` of a format whose largest value is ``fmax``, with
+    ``emax = floor(log2 fmax)``."""
     m, e = torch.frexp(amax)
     x = (e.to(torch.float64) - 1 - emax)
     mi = torch.ldexp(m, torch.tensor(53.0, dtype=m.dtype, device=m.device)).to(torch.int64)
