@@ -93,10 +93,10 @@ def pow2_exponent(amax: torch.Tensor, consts: torch.Tensor, scale_rounding: str,
     return torch.where(bits > 0, x + c[2], -127).clamp(-127, 127)
 
 
-def _pow2(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``2**x`` for integer ``x`` in [-127, 127], exactly, in ``dtype``: from int32 ``x`` a
-    float32 bit pattern (``2**-127``, float32's one subnormal here, is ``1 << 22``), from
-    int64 ``x`` a float64 one."""
+def exp2_exact(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``2**x`` for integer-valued ``x`` in [-127, 127], exactly, in ``dtype``: from int32
+    ``x`` into float32 a float32 bit pattern (``2**-127``, float32's one subnormal here, is
+    ``1 << 22``), from any other ``x`` (int64, or a float holding integers) a float64 one."""
     if x.dtype == torch.int32 and dtype == torch.float32:
         return torch.where(x > -127, (x + 127) << 23, 1 << 22).view(torch.float32)
     return ((x.to(torch.int64) + 1023) << 52).view(torch.float64).to(dtype)
@@ -109,7 +109,7 @@ def _shifted_grid(grid: torch.Tensor, exps: torch.Tensor, compute: torch.dtype
     offset by ``-X``, the bit patterns of the largest magnitudes and of the smallest step
     are those of the values times ``2**X`` (exact products: see :func:`_shiftable`)."""
     ity = kernel.int_dtype(compute)
-    xi, p2 = exps.to(ity), _pow2(exps, compute)
+    xi, p2 = exps.to(ity), exp2_exact(exps, compute)
     values = grid[3:9].view(compute)  # max, max_negative, (special, flushes,) 2**kmin
 
     def times(k: int) -> torch.Tensor:
@@ -151,14 +151,14 @@ def fused_round(out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, seed: to
         index = sum(torch.arange(n, dtype=ix, device=x.device).view(
             [-1 if d == k else 1 for d in range(4)]) * consts[3 + k].to(ix)
             for k, n in enumerate(x.shape))
-    sc = _pow2(exps, compute)
+    sc = exp2_exact(exps, compute)
     if shifted:
         g = _shifted_grid(grid, exps, compute)
         y = kernel.round_kernel(xc, g, seed, mode, overflow, shape, index)
         if bad is not None:
             y, sc = torch.where(bad, math.nan, y), torch.where(bad, math.nan, sc)
     else:
-        inv = _pow2(-exps, compute)
+        inv = exp2_exact(-exps, compute)
         if bad is not None:
             inv, sc = torch.where(bad, math.nan, inv), torch.where(bad, math.nan, sc)
         v = xc * inv
