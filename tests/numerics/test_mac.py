@@ -20,7 +20,24 @@ from reference import (
 )
 
 import lowprec as lp
+from lowprec.numerics import mac_native
 from lowprec.numerics.mac import RoundTo, mac_bmm, mac_conv2d, mac_matmul
+
+
+def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make :mod:`lowprec.numerics.mac` take its torch path (the native kernel declines)."""
+    monkeypatch.setattr(mac_native, "_function", lambda: None)
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both implementations of the recurrence: the fused C++ kernel
+    (:mod:`lowprec.numerics.mac_native`, where it applies) and the torch path."""
+    if request.param == "torch":
+        torch_path(monkeypatch)
+    elif mac_native._function() is None:
+        pytest.skip("the native MAC kernel could not be built here (no C++ compiler?)")
+    return request.param
 
 #: accumulator formats and the (emin, emax, kmax) of test inputs ``k 2**e`` that exercise them
 ACC_FORMATS = {
@@ -331,3 +348,19 @@ def test_im2col_equals_unfold(stride, padding, dilation, groups) -> None:
     cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # [n, C kh kw, cells]
     want = cols.view(2, groups, -1, cols.shape[-1]).permute(1, 0, 3, 2).flatten(1, 2)
     assert torch.equal(im2col(x, k, s, p, d, groups), want)
+
+
+def test_native_kernel_serves_round_to_accumulators(path: str) -> None:
+    """Where it applies, the product runs natively (so the tests above check the kernel),
+    and it declines what it does not implement."""
+    a, b = torch.ones(3, 5), torch.ones(5, 2)
+    got = mac_native.run(a[None], (1, 1, 1), b[None], (1, 1, 1), None, RoundTo("fp16"), 2)
+    if path == "native":
+        assert got is not None and got.tolist() == [[[5.0, 5.0]] * 3]
+    else:
+        assert got is None
+    declined = [(a, RoundTo("fp16", "up"), RoundTo("fp16")),  # a directed product rounding
+                (a.double(), None, RoundTo("fp16")),  # float64 operands
+                (a, None, RoundTo("mxfp8_e4m3"))]  # a scaled format
+    for lhs, product, acc in declined:
+        assert mac_native.run(lhs[None], (1, 1, 1), b[None], (1, 1, 1), product, acc, 2) is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_mac import ACC_FORMATS, check, fmt_of, lowbit
+from test_mac import ACC_FORMATS, check, fmt_of, lowbit, torch_path
 
 from lowprec.numerics import mac
 from lowprec.numerics.mac import RoundTo, mac_matmul
@@ -22,6 +22,7 @@ def _same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
 
 @pytest.mark.usefixtures("one_graph_per_variant")
 def test_compiled_chain_equals_eager_one_graph_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch_path(monkeypatch)  # the chain is the torch path's
     monkeypatch.setattr(mac, "_TERMS_BUDGET", 96)
     emin, emax, kmax = ACC_FORMATS["fp16"]
     for seed, (m, k, n, block) in enumerate(CASES):

@@ -63,6 +63,7 @@ per output element and block, and the copies of the operands into float64
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +71,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import kernel, presets
+from . import kernel, mac_native, presets
 from .backend import Compiled
 from .cast import _constants
 from .formats import Format
@@ -78,7 +79,7 @@ from .quantize import quantize
 from .rounding import check_mode, check_overflow, check_rand_bits
 from .scaling import ScaledFormat
 
-__all__ = ["Rounder", "RoundTo", "mac_bmm", "mac_conv2d", "mac_matmul"]
+__all__ = ["Rounder", "RoundTo", "mac_bmm", "mac_conv2d", "mac_conv2d_weight_grad", "mac_matmul"]
 
 Rounder = Callable[[torch.Tensor], torch.Tensor]
 RoundingSpec = Rounder | Format | str | None
@@ -111,6 +112,11 @@ def _rounder(spec: RoundingSpec, name: str) -> Rounder | None:
     if isinstance(spec, Format | str):
         return RoundTo(spec)
     raise TypeError(f"{name} must be a callable, a Format, a preset name or None; got {spec!r}")
+
+
+def _roundings(product: RoundingSpec, accumulate: RoundingSpec) -> tuple[
+        Rounder | None, Rounder | None]:
+    return _rounder(product, "product"), _rounder(accumulate, "accumulate")
 
 
 def _check_block(block: int) -> int:
@@ -322,20 +328,53 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
     return out
 
 
+
+Split = tuple[int, int, int]
+
+
+def _as3d(t: torch.Tensor, split: Split, reduction_last: bool) -> torch.Tensor:
+    """``t``'s dimensions, grouped ``split`` = (batch, outer, inner) counts, as 3-D; a left
+    operand (``reduction_last``) of more than 3 dimensions is copied k-major, the layout
+    :func:`_mac` reads without another copy."""
+    if t.dim() == 3:
+        return t
+    nb, nr, nc = split
+    sizes = [math.prod(t.shape[:nb]), math.prod(t.shape[nb:nb + nr]),
+             math.prod(t.shape[nb + nr:])]
+    if not reduction_last:
+        return t.reshape(sizes)
+    order = [*range(nb), *range(nb + nr, t.dim()), *range(nb, nb + nr)]
+    return t.permute(order).reshape(sizes[0], sizes[2], sizes[1]).transpose(1, 2)
+
+
 class _MacProduct(torch.autograd.Function):
-    """:func:`_mac` forward, straight-through (exact-product) backward."""
+    """:func:`_mac` forward (natively where :mod:`.mac_native` runs it), straight-through
+    (exact-product) backward. ``a`` is ``[B, M, K]`` and ``b`` ``[B, K, N]`` after grouping
+    their dimensions by ``a_split`` / ``b_split`` (views such as im2col's windows, never
+    copied on the native path)."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
-                accumulate: Rounder | None, block: int) -> torch.Tensor:
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, a_split: Split, b_split: Split,
+                product: Rounder | None, accumulate: Rounder | None,
+                block: int) -> torch.Tensor:
         ctx.save_for_backward(a, b)
+        ctx.splits = a_split, b_split
         dtype = torch.promote_types(a.dtype, b.dtype)
-        return _mac(a, b, product, accumulate, block).to(dtype)
+        out = None
+        if isinstance(accumulate, RoundTo) and (product is None or isinstance(product, RoundTo)):
+            out = mac_native.run(a, a_split, b, b_split, product, accumulate, block)
+        if out is None:
+            out = _mac(_as3d(a, a_split, True), _as3d(b, b_split, False), product, accumulate,
+                       block)
+        return out.to(dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a, b = ctx.saved_tensors
-        return (grad @ b.mT).to(a.dtype), (a.mT @ grad).to(b.dtype), None, None, None
+        a3, b3 = _as3d(a, ctx.splits[0], False), _as3d(b, ctx.splits[1], False)
+        ga = (grad @ b3.mT).to(a.dtype).reshape(a.shape)
+        gb = (a3.mT @ grad).to(b.dtype).reshape(b.shape)
+        return ga, gb, None, None, None, None, None
 
 
 def mac_bmm(a: torch.Tensor, b: torch.Tensor, *, product: RoundingSpec = None,
@@ -345,14 +384,13 @@ def mac_bmm(a: torch.Tensor, b: torch.Tensor, *, product: RoundingSpec = None,
     module docstring for the recurrence and its exactness."""
     if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
         raise ValueError(f"cannot multiply shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    prod, acc, blk = _rounder(product, "product"), _rounder(accumulate, "accumulate"), \
-        _check_block(block)
+    (prod, acc), blk = _roundings(product, accumulate), _check_block(block)
     if prod is None and acc is None:
         return torch.matmul(a, b)
     batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a3 = a.expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
-    b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
-    out = _MacProduct.apply(a3, b3, prod, acc, blk)
+    a3 = a.expand(*batch, *a.shape[-2:]).reshape(math.prod(batch), *a.shape[-2:])
+    b3 = b.expand(*batch, *b.shape[-2:]).reshape(math.prod(batch), *b.shape[-2:])
+    out = _MacProduct.apply(a3, b3, (1, 1, 1), (1, 1, 1), prod, acc, blk)
     return out.reshape(*batch, a.shape[-2], b.shape[-1])
 
 
@@ -370,17 +408,12 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
-           padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> torch.Tensor:
-    """``[groups, N * H_out * W_out, C_in / groups * kh * kw]``: ``F.unfold``'s columns per group.
-
-    Row ``(n, y, x)``, column ``k = (c * kh + r) * kw + s`` holds
-    ``x_pad[n, g C_in / groups + c, y sh + r dh, x sw + s dw]`` (``x_pad``: ``x`` zero-padded).
-    One strided copy of a window view of ``x_pad`` into ``[groups, k, (n, y, x)]`` (runs of
-    ``W_out`` contiguous elements; ``F.unfold``'s CPU kernel gathers element by element, an
-    order of magnitude slower on cifar10_quick's layers), returned transposed: the values
-    of ``F.unfold``, k-major (as :func:`mac_bmm` reads them without another copy).
-    """
+def windows(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+            padding: tuple[int, int], dilation: tuple[int, int],
+            groups: int) -> torch.Tensor:
+    """im2col without a copy: the view ``[groups, N, H_out, W_out, C_in / groups, kh, kw]``
+    of ``x_pad`` (``x`` zero-padded: the only copy) whose element ``(g, n, y, x, c, r, s)``
+    is ``x_pad[n, g C_in / groups + c, y sh + r dh, x sw + s dw]``."""
     n, c_in, h, wd = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -388,10 +421,20 @@ def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int
     xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
     s_n, s_c, s_h, s_w = xp.stride()
     c_g = c_in // groups
-    windows = xp.as_strided((groups, c_g, kh, kw, n, h_out, w_out),
-                            (c_g * s_c, s_c, dh * s_h, dw * s_w, s_n, sh * s_h, sw * s_w),
-                            xp.storage_offset())
-    return windows.reshape(groups, c_g * kh * kw, n * h_out * w_out).transpose(1, 2)
+    return xp.as_strided((groups, n, h_out, w_out, c_g, kh, kw),
+                         (c_g * s_c, s_n, sh * s_h, sw * s_w, s_c, dh * s_h, dw * s_w),
+                         xp.storage_offset())
+
+
+def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
+           padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> torch.Tensor:
+    """``[groups, N * H_out * W_out, C_in / groups * kh * kw]``: ``F.unfold``'s columns per group.
+
+    Row ``(n, y, x)``, column ``k = (c * kh + r) * kw + s`` of :func:`windows`, copied k-major
+    (as :func:`_mac` reads them without another copy; ``F.unfold``'s CPU kernel gathers
+    element by element, an order of magnitude slower on cifar10_quick's layers).
+    """
+    return _as3d(windows(x, kernel_size, stride, padding, dilation, groups), (1, 3, 3), True)
 
 
 def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
@@ -412,12 +455,31 @@ def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     if c_in != c_g * groups or c_out % groups:
         raise ValueError(f"weight {tuple(w.shape)} does not fit input {tuple(x.shape)} "
                          f"with groups={groups}")
-    h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    w_out = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups)
-    k = c_g * kh * kw
-    wm = w.reshape(groups, c_out // groups, k).transpose(1, 2)
-    out = mac_bmm(cols, wm, product=product, accumulate=accumulate, block=block)
+    cols = windows(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups)
+    h_out, w_out = cols.shape[2:4]
+    wm = w.reshape(groups, c_out // groups, c_g * kh * kw).transpose(1, 2)
+    out = _MacProduct.apply(cols, wm, (1, 3, 3), (1, 1, 1), *_roundings(product, accumulate),
+                            _check_block(block))
     out = out.view(groups, n, h_out * w_out, c_out // groups).permute(1, 0, 3, 2)
     out = out.reshape(n, c_out, h_out, w_out)
     return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def mac_conv2d_weight_grad(x: torch.Tensor, g: torch.Tensor, kernel_size: tuple[int, int],
+                           stride: int | tuple[int, int] = 1,
+                           padding: int | tuple[int, int] = 0,
+                           dilation: int | tuple[int, int] = 1, groups: int = 1, *,
+                           product: RoundingSpec = None, accumulate: RoundingSpec = None,
+                           block: int = 1) -> torch.Tensor:
+    """The weight gradient ``[C_out, C_in / groups, kh, kw]`` of :func:`mac_conv2d` for the
+    output gradient ``g``: per group ``g^T im2col(x)``, each weight's sum over the
+    ``(n, y, x)`` positions in row-major order, through the same recurrence (no copy of
+    ``g`` or of the windows of ``x`` where the native kernel runs)."""
+    n, c_in = x.shape[:2]
+    c_out, cells = g.shape[1], g.shape[2] * g.shape[3]
+    cols = windows(x, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation),
+                   groups)
+    gm = g.reshape(n, groups, c_out // groups, cells).permute(1, 2, 0, 3)
+    out = _MacProduct.apply(gm, cols, (1, 1, 2), (1, 3, 3), *_roundings(product, accumulate),
+                            _check_block(block))
+    return out.reshape(c_out, c_in // groups, *_pair(kernel_size))

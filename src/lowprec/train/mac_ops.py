@@ -73,6 +73,14 @@ class Arith:
                               product=self.product, accumulate=self.accumulate,
                               block=self.block)
 
+    def conv2d_weight_grad(self, x: torch.Tensor, g: torch.Tensor,
+                           kernel_size: tuple[int, int], stride: tuple[int, int],
+                           padding: tuple[int, int], dilation: tuple[int, int],
+                           groups: int) -> torch.Tensor:
+        return mac.mac_conv2d_weight_grad(x, g, kernel_size, stride, padding, dilation, groups,
+                                          product=self.product, accumulate=self.accumulate,
+                                          block=self.block)
+
 
 def _round_to(spec: QuantSpec | None, nearest: bool, key: tuple[int, ...]) -> RoundTo | None:
     if spec is None:
@@ -158,21 +166,23 @@ class _MacConv2d(torch.autograd.Function):
         gx = gw = None
         if ctx.needs_input_grad[0]:
             ho, wo = g.shape[2:]
-            gd = g.new_zeros(n, c_out, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
-            gd[:, :, ::sh, ::sw] = g
+            gd = g
+            if (sh, sw) != (1, 1):
+                gd = g.new_zeros(n, c_out, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
+                gd[:, :, ::sh, ::sw] = g
             top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
             bottom = h - (gd.shape[2] + top - dh * (kh - 1))
             right = wd - (gd.shape[3] + left - dw * (kw - 1))
-            gd = F.pad(gd, (left, right, top, bottom))
+            pad = (0, 0)
+            if (top, left) == (bottom, right) and min(top, left) >= 0:
+                pad = (top, left)  # symmetric: padded by the convolution itself
+            else:
+                gd = F.pad(gd, (left, right, top, bottom))
             wt = w.flip(2, 3).view(groups, c_out // groups, c_g, kh, kw).transpose(1, 2)
-            gx = dgrad.conv2d(gd, wt.reshape(c_in, c_out // groups, kh, kw), (1, 1), (0, 0),
+            gx = dgrad.conv2d(gd, wt.reshape(c_in, c_out // groups, kh, kw), (1, 1), pad,
                               (dh, dw), groups).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            cols = mac.im2col(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups)
-            cells = g.shape[2] * g.shape[3]
-            gm = g.reshape(n, groups, c_out // groups, cells).permute(1, 2, 0, 3)
-            gw = wgrad.bmm(gm.reshape(groups, c_out // groups, -1), cols)
-            gw = gw.reshape(c_out, c_g, kh, kw).to(w.dtype)
+            gw = wgrad.conv2d_weight_grad(x, g, (kh, kw), *ctx.geom).to(w.dtype)
         return gx, gw, None, None
 
 

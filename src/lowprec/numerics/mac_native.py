@@ -1,0 +1,154 @@
+"""The MAC recurrence of :mod:`.mac` as one fused C++ kernel (``mac_kernel.cpp``).
+
+:func:`run` computes what :func:`.mac._mac` computes, bit for bit: for each output the
+running sum ``s <- Q_acc(s + sum_block Q_prod(a_k b_k))`` over blocks in increasing ``k``,
+products exact in float64 (float32 operands), block sums float64 FMA chains in increasing
+``k`` (exact under :mod:`.mac`'s condition; elsewhere within the same bound as its BLAS
+sums), ``Q`` :func:`.kernel.round_kernel` ported lane for lane. Each ``MR x NR`` tile of
+outputs keeps its running and block sums in registers through the blocks of a chunk of
+``K`` (operands packed to float64 per chunk), so no pass over memory per block remains:
+on the development machine 25-30 GMAC/s on 2 threads for blocks of 32 (float64 BLAS
+11-16), 10x the torch path (docs/benchmarks.md). Operands are views given by element
+offsets per dimension group (:func:`offsets`), so im2col's windows are read in place.
+
+It declines (returns ``None``: the caller takes the torch path, same values) off the CPU,
+for float64 operands, product roundings other than nearest-even, scaled, unsigned or
+sub-float64 formats, more than ``2**31`` outputs per batch entry, or without a compiler
+(:mod:`.native`). A stochastic accumulator draws two seed words per batch entry and block
+from its generator and hashes the output's flat index ``i N + j``. When ``N > M`` it computes
+``C^T = B^T A^T`` (the same sums, element for element), so that the larger operand is the
+one read in place and the smaller the one packed
+(:func:`.kernel.random_bits`'s stream).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import native, presets
+from .cast import _constants
+from .rounding import MODES, check_mode, check_overflow, check_rand_bits
+from .scaling import ScaledFormat
+
+if TYPE_CHECKING:
+    from .mac import RoundTo
+
+__all__ = ["offsets", "run"]
+
+#: the kernel's mode codes (``enum Mode`` of mac_kernel.cpp), and its "no rounding"
+_CODES = {m: i for i, m in enumerate(
+    ("nearest", "nearest_away", "toward_zero", "down", "up", "odd", "stochastic"))}
+_NONE = 7
+#: nearest-even by float additions (``round8_add``) for the formats :func:`_rule` admits
+_NEAREST_ADD = 8
+#: output-steps below which a call runs on one thread (mac._GRAIN)
+_GRAIN = 1 << 16
+_I64P = ctypes.POINTER(ctypes.c_int64)
+_I32P = ctypes.POINTER(ctypes.c_int32)
+assert set(_CODES) == set(MODES)
+
+
+@functools.lru_cache(maxsize=1)
+def _function() -> Callable[..., int] | None:
+    """``lowprec_mac`` of the compiled library, with its C signature; ``None`` without it."""
+    lib = native.library("mac_kernel")
+    if lib is None:
+        return None
+    fn = lib.lowprec_mac
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [vp, _I64P, _I64P, _I64P, vp, _I64P, _I64P, _I64P, vp, ctypes.c_int, i64,
+                   i64, i64, i64, i64, _I64P, _I32P, ctypes.c_int, _I64P, _I32P, ctypes.c_int,
+                   _I32P, i64, i64, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _rule(rounder: RoundTo, modes: tuple[str, ...]) -> tuple[
+        torch.Tensor, torch.Tensor, int] | None:
+    """``(constants, flags, mode code)`` of a rounding the kernel runs (float64 container,
+    :func:`.kernel.grid_constants` and :class:`.kernel.Shape`), else ``None``."""
+    fmt = presets.get(rounder.fmt) if isinstance(rounder.fmt, str) else rounder.fmt
+    mode = check_mode(rounder.rounding)
+    if isinstance(fmt, ScaledFormat) or mode not in modes:
+        return None
+    bits = check_rand_bits(rounder.rand_bits, mode)
+    overflow = check_overflow(rounder.overflow, fmt.has_inf, fmt.has_nan, fmt.name)
+    _, grid, shape, _ = _constants(fmt, torch.float64, bits, torch.device("cpu"))
+    if shape.subnormal_inputs or not shape.signed:
+        return None
+    flags = torch.tensor([overflow == "saturate", shape.parity_from_exponent, shape.flush,
+                          shape.symmetric, shape.negative_zero], dtype=torch.int32)
+    by_addition = (mode == "nearest" and fmt.grid_man <= 49 and fmt.max < 2.0**900
+                   and not (shape.parity_from_exponent or shape.flush) and shape.symmetric)
+    return grid, flags, _NEAREST_ADD if by_addition else _CODES[mode]
+
+
+def offsets(t: torch.Tensor, split: tuple[int, int, int]) -> list[torch.Tensor]:
+    """Element offsets of ``t``'s three dimension groups (``split`` dimensions each):
+    ``t[e, i, k]`` of the grouped view is element ``o[0][e] + o[1][i] + o[2][k]`` of ``t``
+    (row-major within a group)."""
+    out = []
+    for lo, hi in _bounds(split):
+        off = torch.zeros((), dtype=torch.int64)
+        for size, stride in zip(t.shape[lo:hi], t.stride()[lo:hi], strict=True):
+            off = off.unsqueeze(-1) + torch.arange(size, dtype=torch.int64) * stride
+        out.append(off.reshape(-1))
+    return out
+
+
+def _bounds(split: tuple[int, int, int]) -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` dimension ranges of the three groups of ``split``."""
+    return [(sum(split[:i]), sum(split[:i + 1])) for i in range(3)]
+
+
+def _ptr(t: torch.Tensor, kind: type) -> object:
+    return ctypes.cast(t.data_ptr(), kind)
+
+
+def run(a: torch.Tensor, a_split: tuple[int, int, int], b: torch.Tensor,
+        b_split: tuple[int, int, int], product: RoundTo | None, accumulate: RoundTo,
+        block: int) -> torch.Tensor | None:
+    """The ``[B, M, N]`` result of :func:`.mac._mac` on the grouped views of ``a``
+    (``[B, M, K]``) and ``b`` (``[B, K, N]``), or ``None`` where the kernel declines: float32
+    when the result is float32 and holds every accumulator value exactly, else float64."""
+    if a.device.type != "cpu" or torch.float64 in (a.dtype, b.dtype):
+        return None
+    acc = _rule(accumulate, tuple(_CODES))
+    prod = None if product is None else _rule(product, ("nearest",))
+    batch, m, k = (math.prod(a.shape[lo:hi]) for lo, hi in _bounds(a_split))
+    n = math.prod(b.shape[sum(b_split[:2]):])
+    fn = _function() if acc is not None and (product is None or prod is not None) \
+        and m * n < 2**31 else None
+    if fn is None:
+        return None
+    a32, b32 = a.detach().float(), b.detach().float()  # float16/bfloat16: exact copies
+    a_off, b_off = offsets(a32, a_split), offsets(b32, b_split)
+    swap = n > m  # C^T = B^T A^T: the larger operand is read in place, the smaller packed
+    if swap:
+        a32, b32, a_off, b_off = b32, a32, [b_off[0], b_off[2], b_off[1]], \
+            [a_off[0], a_off[2], a_off[1]]
+    fmt = presets.get(accumulate.fmt) if isinstance(accumulate.fmt, str) else accumulate.fmt
+    narrow = fmt.float32_exact and torch.float32 in (a.dtype, b.dtype)
+    out = (torch.empty if k else torch.zeros)(  # k = 0: s_0
+        batch, *((n, m) if swap else (m, n)), dtype=torch.float32 if narrow else torch.float64)
+    seeds = None
+    if acc[2] == _CODES["stochastic"]:
+        seeds = torch.randint(-(2**31), 2**31, (batch, -(-k // block), 2),
+                              generator=accumulate.generator, dtype=torch.int32)
+    prule, pflags, pmode = prod if prod is not None else (acc[0], acc[1], _NONE)
+    threads = 1 if math.prod((batch, m, n, k)) < _GRAIN else torch.get_num_threads()
+    failed = fn(a32.data_ptr(), *(_ptr(o, _I64P) for o in a_off),
+                b32.data_ptr(), *(_ptr(o, _I64P) for o in b_off), out.data_ptr(), narrow,
+                batch, *out.shape[1:], k, block, _ptr(acc[0], _I64P), _ptr(acc[1], _I32P),
+                acc[2], _ptr(prule, _I64P), _ptr(pflags, _I32P), pmode,
+                None if seeds is None else _ptr(seeds, _I32P), *((1, n) if swap else (n, 1)),
+                threads)
+    if failed:
+        return None
+    return out.mT.contiguous() if swap else out

@@ -1,0 +1,81 @@
+"""C++ kernels of this package, compiled on first use and kept on disk.
+
+A kernel whose loop structure inductor cannot express (:mod:`.mac`'s fused blocked
+product) ships as C++ source beside this module. :func:`library` compiles it once per
+source, compiler and host (``$CXX``, else ``g++``/``c++``; ``-O3 -march=native -fopenmp``;
+``-ffp-contract=fast`` fuses ``s + a * b`` into FMAs, which kernels must allow for)
+into ``$LOWPREC_CACHE_DIR/native/<key>.so`` (graphs' cache folder, :func:`.graphs.cache_dir`;
+a private temporary folder when that is ``off``), written atomically, and loads it with
+:mod:`ctypes` (foreign calls release the GIL). The library is linked against
+``libgomp.so.1``, the OpenMP runtime torch itself loads, so the process keeps one thread
+pool. Without a compiler, or with ``LOWPREC_NATIVE=off``, :func:`library` returns ``None``
+(with one warning for a failed build) and callers take their torch path: the same values.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+
+import torch
+
+from .graphs import cache_dir
+
+__all__ = ["library"]
+
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17",
+          "-ffp-contract=fast")
+
+
+def _compiler() -> str | None:
+    given = os.environ.get("CXX")
+    if given:
+        return given
+    return shutil.which("g++") or shutil.which("c++")
+
+
+def _folder() -> Path:
+    base = cache_dir()
+    if base is None:
+        return Path(tempfile.mkdtemp(prefix="lowprec-native-"))
+    return base.parent / "native"
+
+
+@functools.cache
+def library(name: str) -> ctypes.CDLL | None:
+    """The compiled ``<name>.cpp`` of this folder, or ``None`` (module docstring)."""
+    if os.environ.get("LOWPREC_NATIVE", "on").strip().lower() in ("off", "0", "no"):
+        return None
+    cxx = _compiler()
+    if cxx is None:
+        return None
+    source = Path(__file__).with_name(f"{name}.cpp")
+    key = hashlib.sha256(source.read_bytes())
+    key.update(" ".join((cxx, *_FLAGS, platform.machine(),
+                         torch.backends.cpu.get_cpu_capability())).encode())
+    folder = _folder()
+    target = folder / f"{name}-{key.hexdigest()[:24]}.so"
+    try:
+        if not target.exists():
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = folder / f".{uuid.uuid4().hex}.so.tmp"
+            subprocess.run([cxx, *_FLAGS, str(source), "-o", str(tmp)], check=True,
+                           capture_output=True, text=True, timeout=300)
+            os.replace(tmp, target)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        warnings.warn(f"lowprec: could not build the native kernel {name} with {cxx} "
+                      f"({str(detail).strip()[:500]}); using the torch path (same values, "
+                      "slower). Set LOWPREC_NATIVE=off to silence this.",
+                      RuntimeWarning, stacklevel=2)
+        return None
