@@ -21,7 +21,13 @@ from reference import (
 
 import lowprec as lp
 from lowprec.numerics import mac_native
-from lowprec.numerics.mac import RoundTo, mac_bmm, mac_conv2d, mac_matmul
+from lowprec.numerics.mac import (
+    RoundTo,
+    mac_bmm,
+    mac_conv2d,
+    mac_conv2d_weight_grad,
+    mac_matmul,
+)
 
 
 def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -320,6 +326,23 @@ def test_conv2d_rounded_matches_reference(groups: int) -> None:
         assert part.tolist() == want
 
 
+@pytest.mark.parametrize(("stride", "groups"), [(1, 1), (2, 2)])
+def test_conv2d_weight_grad_matches_reference(stride: int, groups: int) -> None:
+    """``dW[o, (c, r, s)]`` reduces over the ``(n, y, x)`` positions in row-major order."""
+    x = lowbit((2, 4, 5, 5), -6, 0, 15, seed=10)
+    w = torch.zeros(4, 4 // groups, 3, 3)
+    g = lowbit((2, 4, *F.conv2d(x, w, stride=stride, padding=1, groups=groups).shape[2:]),
+               -6, 0, 15, seed=11)
+    got = mac_conv2d_weight_grad(x, g, (3, 3), stride, 1, 1, groups,
+                                 product=RoundTo("fp8_e5m2"), accumulate=RoundTo("fp16"), block=4)
+    rule, prod = (fmt_of("fp16"), "nearest", None), (fmt_of("fp8_e5m2"), "nearest", None)
+    per = 4 // groups
+    for k, (cols, _) in enumerate(im2col_ref(x, w, stride, 1, groups)):
+        gm = g[:, k * per:(k + 1) * per].permute(1, 0, 2, 3).reshape(per, -1)
+        want = mac_ref(gm, cols, prod, rule, 4)
+        assert got[k * per:(k + 1) * per].reshape(per, -1).tolist() == want
+
+
 @pytest.mark.parametrize("budget", [1 << 20, 64])
 def test_chunked_layouts_match_reference(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
     """Rows and blocks taken a few at a time (small ``_TERMS_BUDGET``), ``a`` row- or
@@ -339,28 +362,13 @@ def test_chunked_layouts_match_reference(monkeypatch: pytest.MonkeyPatch, budget
 
 @pytest.mark.parametrize(("stride", "padding", "dilation", "groups"),
                          [(1, 0, 1, 1), (2, 1, 1, 2), ((1, 2), (2, 0), (2, 1), 1)])
-def test_im2col_equals_unfold(stride, padding, dilation, groups) -> None:
-    """The window copy holds ``F.unfold``'s columns, per group, rows ``(n, y, x)``."""
-    from lowprec.numerics.mac import _pair, im2col
+def test_windows_are_unfold(stride, padding, dilation, groups) -> None:
+    """The window view holds ``F.unfold``'s columns, per group, rows ``(n, y, x)``."""
+    from lowprec.numerics.mac import _pair, windows
 
     x = torch.randn(2, 4, 7, 6, generator=torch.Generator().manual_seed(14))
     k, s, p, d = (3, 2), _pair(stride), _pair(padding), _pair(dilation)
     cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # [n, C kh kw, cells]
     want = cols.view(2, groups, -1, cols.shape[-1]).permute(1, 0, 3, 2).flatten(1, 2)
-    assert torch.equal(im2col(x, k, s, p, d, groups), want)
-
-
-def test_native_kernel_serves_round_to_accumulators(path: str) -> None:
-    """Where it applies, the product runs natively (so the tests above check the kernel),
-    and it declines what it does not implement."""
-    a, b = torch.ones(3, 5), torch.ones(5, 2)
-    got = mac_native.run(a[None], (1, 1, 1), b[None], (1, 1, 1), None, RoundTo("fp16"), 2)
-    if path == "native":
-        assert got is not None and got.tolist() == [[[5.0, 5.0]] * 3]
-    else:
-        assert got is None
-    declined = [(a, RoundTo("fp16", "up"), RoundTo("fp16")),  # a directed product rounding
-                (a.double(), None, RoundTo("fp16")),  # float64 operands
-                (a, None, RoundTo("mxfp8_e4m3"))]  # a scaled format
-    for lhs, product, acc in declined:
-        assert mac_native.run(lhs[None], (1, 1, 1), b[None], (1, 1, 1), product, acc, 2) is None
+    got = windows(x, k, s, p, d, groups)
+    assert torch.equal(got.reshape(want.shape), want)

@@ -47,17 +47,21 @@ Gradients are straight-through: those of the exact ``a @ b``.
 
 Speed
 -----
-The block sums of many blocks are formed at once, by one batched float64 product
-(``product=None``; ``a``'s blocks copied contiguous, the layout BLAS runs fastest) or by
-rounding the products of one in-block position for all blocks at once; the accumulator then
-runs through them in order, ``Q_acc`` of 8 consecutive blocks fused into one
-``torch.compile``'d pass over the output tile (:class:`_FusedChain`: one graph per rounding
-rule and chunk length 8 or 1, whatever the shapes, compiled by :class:`.backend.Compiled`
-once a variant's eager calls have taken long enough, and kept on disk;
-``LOWPREC_BACKEND=eager`` runs the same function op by op, same bits; calls on small tiles
-run on one thread). What remains is about one float64 FMA per term, one float64 rounding
-per output element and block, and the copies of the operands into float64
-(``benchmarks/mac.py``, ``benchmarks/train_step.py --model small_cnn``, docs/benchmarks.md).
+On the CPU, for float32/float16/bfloat16 operands and :class:`RoundTo` roundings onto
+unscaled formats (products rounded to nearest-even, if at all), the recurrence runs as one
+fused C++ kernel (:mod:`.mac_native`): block sums and running sums stay in registers, so a
+block costs its FMAs and one rounding per output element, at 30-40 GMAC/s on the 2-core
+development machine for blocks of 32 (float64 BLAS alone: 11-16); convolution operands
+are read in place (:func:`windows`). Everything else (CUDA, float64 operands, other
+callables, scaled formats) takes the torch path, same values: the block sums of many blocks
+at once by one batched float64 product (``product=None``) or by rounding the products of
+one in-block position for all blocks at once, then the accumulator through them in order,
+``Q_acc`` of 8 consecutive blocks fused into one compiled pass over the output tile
+(:class:`_FusedChain`: one graph per rounding rule and chunk length 8 or 1, whatever the
+shapes, compiled by :class:`.backend.Compiled` once a variant's eager calls have taken long
+enough; ``LOWPREC_BACKEND=eager`` runs it op by op, same bits; calls on small tiles run on
+one thread). ``LOWPREC_NATIVE=off`` forces the torch path (``benchmarks/mac.py``,
+``benchmarks/train_step.py``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ def _round(rounder: Rounder, x: torch.Tensor) -> torch.Tensor:
 
 
 #: element-steps below which a chain call runs on one thread (see :func:`_threads_for`)
-_GRAIN = 1 << 16
+_GRAIN = mac_native.GRAIN
 #: elements before a block's sums in the buffers handed to the compiled chain: storage
 #: offsets are then never 0 or 1, which dynamo would compile graphs of their own for
 _LEAD = 2
@@ -426,23 +430,12 @@ def windows(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, in
                          xp.storage_offset())
 
 
-def im2col(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, int],
-           padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> torch.Tensor:
-    """``[groups, N * H_out * W_out, C_in / groups * kh * kw]``: ``F.unfold``'s columns per group.
-
-    Row ``(n, y, x)``, column ``k = (c * kh + r) * kw + s`` of :func:`windows`, copied k-major
-    (as :func:`_mac` reads them without another copy; ``F.unfold``'s CPU kernel gathers
-    element by element, an order of magnitude slower on cifar10_quick's layers).
-    """
-    return _as3d(windows(x, kernel_size, stride, padding, dilation, groups), (1, 3, 3), True)
-
-
 def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                dilation: int | tuple[int, int] = 1, groups: int = 1, *,
                product: RoundingSpec = None, accumulate: RoundingSpec = None,
                block: int = 1) -> torch.Tensor:
-    """``F.conv2d`` through im2col (:func:`im2col`, ``F.unfold``'s columns) and :func:`mac_bmm`.
+    """``F.conv2d`` as products of im2col's columns (:func:`windows`) and the weights.
 
     Output ``[n, o, y, x]`` reduces over the ``C_in/groups * kh * kw`` terms of its group in
     ``F.unfold``'s order: input channel slowest, then kernel row, kernel column fastest,
@@ -455,11 +448,13 @@ def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     if c_in != c_g * groups or c_out % groups:
         raise ValueError(f"weight {tuple(w.shape)} does not fit input {tuple(x.shape)} "
                          f"with groups={groups}")
+    (prod, acc), blk = _roundings(product, accumulate), _check_block(block)
+    if prod is None and acc is None:
+        return F.conv2d(x, w, bias, (sh, sw), (ph, pw), (dh, dw), groups)
     cols = windows(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups)
     h_out, w_out = cols.shape[2:4]
     wm = w.reshape(groups, c_out // groups, c_g * kh * kw).transpose(1, 2)
-    out = _MacProduct.apply(cols, wm, (1, 3, 3), (1, 1, 1), *_roundings(product, accumulate),
-                            _check_block(block))
+    out = _MacProduct.apply(cols, wm, (1, 3, 3), (1, 1, 1), prod, acc, blk)
     out = out.view(groups, n, h_out * w_out, c_out // groups).permute(1, 0, 3, 2)
     out = out.reshape(n, c_out, h_out, w_out)
     return out if bias is None else out + bias.view(1, -1, 1, 1)
@@ -477,9 +472,12 @@ def mac_conv2d_weight_grad(x: torch.Tensor, g: torch.Tensor, kernel_size: tuple[
     ``g`` or of the windows of ``x`` where the native kernel runs)."""
     n, c_in = x.shape[:2]
     c_out, cells = g.shape[1], g.shape[2] * g.shape[3]
+    (prod, acc), blk = _roundings(product, accumulate), _check_block(block)
+    if prod is None and acc is None:
+        return torch.nn.grad.conv2d_weight(x, (c_out, c_in // groups, *_pair(kernel_size)), g,
+                                           stride, padding, dilation, groups)
     cols = windows(x, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation),
                    groups)
     gm = g.reshape(n, groups, c_out // groups, cells).permute(1, 2, 0, 3)
-    out = _MacProduct.apply(gm, cols, (1, 1, 2), (1, 3, 3), *_roundings(product, accumulate),
-                            _check_block(block))
+    out = _MacProduct.apply(gm, cols, (1, 1, 2), (1, 3, 3), prod, acc, blk)
     return out.reshape(c_out, c_in // groups, *_pair(kernel_size))

@@ -20,7 +20,7 @@
 
 namespace {
 
-constexpr int MR = 4;
+constexpr int MR = 5;
 constexpr int NR = 16;
 constexpr int64_t CHUNK = 512;  // about the k of one chunk (B panel 64 KiB)
 

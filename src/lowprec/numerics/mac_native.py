@@ -39,7 +39,7 @@ from .scaling import ScaledFormat
 if TYPE_CHECKING:
     from .mac import RoundTo
 
-__all__ = ["offsets", "run"]
+__all__ = ["GRAIN", "offsets", "run"]
 
 #: the kernel's mode codes (``enum Mode`` of mac_kernel.cpp), and its "no rounding"
 _CODES = {m: i for i, m in enumerate(
@@ -47,8 +47,8 @@ _CODES = {m: i for i, m in enumerate(
 _NONE = 7
 #: nearest-even by float additions (``round8_add``) for the formats :func:`_rule` admits
 _NEAREST_ADD = 8
-#: output-steps below which a call runs on one thread (mac._GRAIN)
-_GRAIN = 1 << 16
+#: multiply-adds below which a call runs on one thread (waking a second costs more)
+GRAIN = 1 << 16
 _I64P = ctypes.POINTER(ctypes.c_int64)
 _I32P = ctypes.POINTER(ctypes.c_int32)
 assert set(_CODES) == set(MODES)
@@ -142,7 +142,7 @@ def run(a: torch.Tensor, a_split: tuple[int, int, int], b: torch.Tensor,
         seeds = torch.randint(-(2**31), 2**31, (batch, -(-k // block), 2),
                               generator=accumulate.generator, dtype=torch.int32)
     prule, pflags, pmode = prod if prod is not None else (acc[0], acc[1], _NONE)
-    threads = 1 if math.prod((batch, m, n, k)) < _GRAIN else torch.get_num_threads()
+    threads = 1 if math.prod((batch, m, n, k)) < GRAIN else torch.get_num_threads()
     failed = fn(a32.data_ptr(), *(_ptr(o, _I64P) for o in a_off),
                 b32.data_ptr(), *(_ptr(o, _I64P) for o in b_off), out.data_ptr(), narrow,
                 batch, *out.shape[1:], k, block, _ptr(acc[0], _I64P), _ptr(acc[1], _I32P),
