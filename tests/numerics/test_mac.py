@@ -290,6 +290,19 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("kw", CONV_CASES)
+def test_conv2d_gradients_are_straight_through(kw: dict) -> None:
+    """Through the window view (overlapping windows of ``x``): ``F.conv2d``'s gradients."""
+    x = torch.randn(2, 4, 7, 8).requires_grad_()
+    w = torch.randn(6, 4 // kw["groups"], 3, 3).requires_grad_()
+    y = mac_conv2d(x, w, None, **kw, accumulate="fp16", block=4)
+    g = torch.randn(y.shape)
+    got = torch.autograd.grad(y, (x, w), g)
+    want = torch.autograd.grad(F.conv2d(x, w, None, **kw), (x, w), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", CONV_CASES)
 def test_conv2d_plain_is_conv2d(kw: dict) -> None:
     x, w, bias = torch.randn(2, 4, 7, 8), torch.randn(6, 4 // kw["groups"], 3, 3), torch.randn(6)
     got = mac_conv2d(x, w, bias, **kw)
