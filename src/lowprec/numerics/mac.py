@@ -69,7 +69,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -79,7 +78,7 @@ from . import kernel, mac_native, presets
 from .backend import Compiled
 from .cast import _constants
 from .formats import Format
-from .quantize import quantize
+from .quantize import RoundTo
 from .rounding import check_mode, check_overflow, check_rand_bits
 from .scaling import ScaledFormat
 
@@ -91,22 +90,6 @@ RoundingSpec = Rounder | Format | str | None
 #: About the most float64 elements the block sums of one group (and the copies of operand
 #: blocks) may hold; small enough to stay in cache between their computation and their use.
 _TERMS_BUDGET = 1 << 20
-
-
-@dataclass(frozen=True)
-class RoundTo:
-    """The rounding ``x -> quantize(x, fmt, rounding, ...)`` as a callable value."""
-
-    fmt: Format | str
-    rounding: str = "nearest"
-    overflow: str | None = None
-    rand_bits: int | None = None
-    generator: torch.Generator | None = field(default=None, compare=False)
-
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Round ``x`` onto ``fmt``, into ``out`` (which may be ``x``) or a new tensor."""
-        return quantize(x, self.fmt, self.rounding, generator=self.generator,
-                        rand_bits=self.rand_bits, overflow=self.overflow, out=out)
 
 
 def _rounder(spec: RoundingSpec, name: str) -> Rounder | None:

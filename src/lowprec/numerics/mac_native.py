@@ -27,17 +27,14 @@ import ctypes
 import functools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from . import native, presets
 from .cast import _constants
+from .quantize import RoundTo
 from .rounding import MODES, check_mode, check_overflow, check_rand_bits
 from .scaling import ScaledFormat
-
-if TYPE_CHECKING:
-    from .mac import RoundTo
 
 __all__ = ["GRAIN", "offsets", "run"]
 

@@ -6,6 +6,7 @@ rounded and in which dtype), scaling (:mod:`.scaling`) and telemetry (:mod:`.tel
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from .formats import Format
 from .scaling import ScaledFormat, ScaleState, Scaling, scaled_round
 from .telemetry import QuantInfo
 
-__all__ = ["quantize"]
+__all__ = ["RoundTo", "quantize"]
 
 
 def quantize(
@@ -68,3 +69,19 @@ def quantize(
         if return_info:  # measured by the rounding pass itself (lowprec.numerics.kernel)
             info = QuantInfo(x.numel(), stats)
     return (y, info) if return_info else y
+
+
+@dataclass(frozen=True)
+class RoundTo:
+    """The rounding ``x -> quantize(x, fmt, rounding, ...)`` as a callable value."""
+
+    fmt: Format | str
+    rounding: str = "nearest"
+    overflow: str | None = None
+    rand_bits: int | None = None
+    generator: torch.Generator | None = field(default=None, compare=False)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Round ``x`` onto ``fmt``, into ``out`` (which may be ``x``) or a new tensor."""
+        return quantize(x, self.fmt, self.rounding, generator=self.generator,
+                        rand_bits=self.rand_bits, overflow=self.overflow, out=out)
