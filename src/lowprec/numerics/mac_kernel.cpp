@@ -8,12 +8,12 @@
 // kernel.py (round_kernel on the float64 container) ported operation for operation.
 //
 // Operands are float32 views given by element offsets (Operand), so im2col's windows are
-// read in place. K is cut into chunks of whole blocks; per chunk B
-// is packed into panels of NR columns [panel][k][NR] (zero-padded); each MR x NR tile of C
-// reads its MR rows of A in place (widened as they are read) and keeps its running sums and block sums in registers
-// through the chunk's blocks. C holds the running sums between chunks, as float64, or as
-// float32 (OT) when the accumulator's values are float32's. Tiles are shared among OpenMP
-// threads (torch's own runtime: the library is loaded after it).
+// read in place. K is cut into chunks of whole blocks; per chunk B is packed into float64
+// panels of NR columns [panel][k][NR] (zero-padded); each MR x NR tile of C reads its MR
+// rows of A in place (widened as they are read) and keeps its running sums and block sums
+// in registers through the chunk's blocks. C holds the running sums between chunks, as
+// float64, or as float32 (OT) when the accumulator's values are float32's. Tiles are
+// shared among OpenMP threads (torch's own runtime: the library is loaded after it).
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -40,20 +40,20 @@ constexpr int NV = NR / 8;  // vectors per tile row
 
 inline v8l splat(int64_t v) { return v8l{} + v; }
 
-// lowbias32 (kernel._lowbias32) on the low 32 bits of each lane, result in the low 32 bits.
-inline v8l lowbias32(v8l x) {
-  const v8l lo = splat(0xFFFFFFFF);
-  x &= lo;
+typedef uint64_t v8u __attribute__((vector_size(64)));
+
+// lowbias32 (kernel._lowbias32) on the low 32 bits of each lane, result in the low 32 bits
+// (unsigned lanes: the products wrap modulo 2**64, and their low 32 bits are the hash's).
+inline v8l lowbias32(v8l v) {
+  const v8u lo = v8u{} + 0xFFFFFFFFu;
+  v8u x = (v8u)v & lo;
   x ^= x >> 16;
-  x = (x * 0x7FEB352D) & lo;
+  x = (x * 0x7FEB352Du) & lo;
   x ^= x >> 15;
-  x = (x * int64_t(0x846CA68B)) & lo;
-  return x ^ (x >> 16);
+  x = (x * 0x846CA68Bu) & lo;
+  return (v8l)(x ^ (x >> 16));
 }
 
-// kernel.round_kernel on 8 float64 lanes (P = 52, bias = 1023, width 64), operation for
-// operation, without the subnormal-input and unsigned variants (the caller falls back for
-// those); h: each lane's 32 hash bits (stochastic rounding).
 // NEAREST by float arithmetic, for the formats the caller admits (nearest-even, at least 3
 // dropped bits, no flush, no exponent parity, symmetric, largest value below 2**900): with
 // 2**k the spacing at |x| (k from the same d as round8's), C = 1.5 * 2**(k + 52) has
@@ -79,6 +79,9 @@ inline v8d round8_add(v8d x, const Rule& r) {
   return (v8d)(u > splat(int64_t(0x7FF) << 52) ? b : res | sign);
 }
 
+// kernel.round_kernel on 8 float64 lanes (P = 52, bias = 1023, width 64), operation for
+// operation, without the subnormal-input and unsigned variants (the caller falls back for
+// those); h: each lane's 32 hash bits (stochastic rounding).
 template <int M>
 inline v8d round8(v8d x, const Rule& r, v8l h) {
   if (M == NEAREST_ADD) return round8_add(x, r);

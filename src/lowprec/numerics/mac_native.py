@@ -1,24 +1,27 @@
 """The MAC recurrence of :mod:`.mac` as one fused C++ kernel (``mac_kernel.cpp``).
 
-:func:`run` computes what :func:`.mac._mac` computes, bit for bit: for each output the
-running sum ``s <- Q_acc(s + sum_block Q_prod(a_k b_k))`` over blocks in increasing ``k``,
-products exact in float64 (float32 operands), block sums float64 FMA chains in increasing
-``k`` (exact under :mod:`.mac`'s condition; elsewhere within the same bound as its BLAS
-sums), ``Q`` :func:`.kernel.round_kernel` ported lane for lane. Each ``MR x NR`` tile of
+:func:`run` computes what :func:`.mac._mac` computes: for each output the running sum
+``s <- Q_acc(s + sum_block Q_prod(a_k b_k))`` over blocks in increasing ``k``, products
+exact in float64 (float32 operands), block sums float64 FMA chains in increasing ``k``
+(exact under :mod:`.mac`'s condition; elsewhere within the same bound as its BLAS sums),
+``Q`` :func:`.kernel.round_kernel` ported lane for lane (nearest-even, where the format
+allows, by the float addition of ``round8_add``: the same bits). Each ``MR x NR`` tile of
 outputs keeps its running and block sums in registers through the blocks of a chunk of
-``K`` (operands packed to float64 per chunk), so no pass over memory per block remains:
-on the development machine 25-30 GMAC/s on 2 threads for blocks of 32 (float64 BLAS
-11-16), 10x the torch path (docs/benchmarks.md). Operands are views given by element
-offsets per dimension group (:func:`offsets`), so im2col's windows are read in place.
+``K`` (``B`` packed to float64 per chunk, ``A`` read in place), so no pass over memory per
+block remains: 30-40 GMAC/s on the 2-core development machine for blocks of 32 (float64
+BLAS alone: 11-16), about 10x the torch path (docs/benchmarks.md). Operands are views given
+by element offsets per dimension group (:func:`offsets`): im2col's windows without a copy.
+When ``N > M`` it computes ``C^T = B^T A^T`` (the same sums, element for element), so that
+the larger operand is the one read in place and the smaller the one packed.
 
-It declines (returns ``None``: the caller takes the torch path, same values) off the CPU,
-for float64 operands, product roundings other than nearest-even, scaled, unsigned or
-sub-float64 formats, more than ``2**31`` outputs per batch entry, or without a compiler
-(:mod:`.native`). A stochastic accumulator draws two seed words per batch entry and block
-from its generator and hashes the output's flat index ``i N + j``. When ``N > M`` it computes
-``C^T = B^T A^T`` (the same sums, element for element), so that the larger operand is the
-one read in place and the smaller the one packed
-(:func:`.kernel.random_bits`'s stream).
+It declines (returns ``None``: the caller takes the torch path) off the CPU, for float64
+operands, product roundings other than nearest-even, scaled, unsigned or sub-float64
+formats, more than ``2**31`` outputs per batch entry, or without a compiler
+(:mod:`.native`). Deterministic roundings give the torch path's bits. A stochastic
+accumulator draws two seed words per batch entry and block from its generator and hashes
+the output's flat index ``i N + j`` (:func:`.kernel.random_bits`'s stream): reproducible and
+unbiased, but not the torch path's bits (which index within its row tiles), so a machine
+without a compiler draws other stochastic roundings.
 """
 
 from __future__ import annotations
