@@ -315,7 +315,6 @@ def _mac(a: torch.Tensor, b: torch.Tensor, product: Rounder | None,
     return out
 
 
-
 Split = tuple[int, int, int]
 
 
@@ -425,7 +424,7 @@ def mac_conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     i.e. ``k = (c * kh + r) * kw + s``. ``bias`` is added after the reduction, in the output
     dtype. With ``product=accumulate=None`` this is ``F.conv2d`` up to float32 summation order.
     """
-    n, c_in, h, wd = x.shape
+    n, c_in = x.shape[:2]
     c_out, c_g, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     if c_in != c_g * groups or c_out % groups:
