@@ -2,14 +2,15 @@
 
 A kernel whose loop structure inductor cannot express (:mod:`.mac`'s fused blocked
 product) ships as C++ source beside this module. :func:`library` compiles it once per
-source, compiler and host (``$CXX``, else ``g++``/``c++``; ``-O3 -march=native -fopenmp``;
-``-ffp-contract=fast`` fuses ``s + a * b`` into FMAs, which kernels must allow for)
-into ``$LOWPREC_CACHE_DIR/native/<key>.so`` (graphs' cache folder, :func:`.graphs.cache_dir`;
-a private temporary folder when that is ``off``), written atomically, and loads it with
+source, compiler and CPU kind (its instruction-set flags), with ``$CXX``, else
+``g++``/``c++``, and ``-O3 -march=native -fopenmp -ffp-contract=fast`` (FMAs: the kernels
+rely on ``s + a * b`` being one rounding only where ``a * b`` is exact), into
+``$LOWPREC_CACHE_DIR/native/<key>.so`` (beside :func:`.graphs.cache_dir`'s folder; a
+private temporary folder when that is ``off``), written atomically, and loads it with
 :mod:`ctypes` (foreign calls release the GIL). The library is linked against
 ``libgomp.so.1``, the OpenMP runtime torch itself loads, so the process keeps one thread
 pool. Without a compiler, or with ``LOWPREC_NATIVE=off``, :func:`library` returns ``None``
-(with one warning for a failed build) and callers take their torch path: the same values.
+(with one warning for a failed build) and callers take their torch path.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ def _compiler() -> str | None:
     return shutil.which("g++") or shutil.which("c++")
 
 
+def _cpu_flags() -> str:
+    """The host's instruction-set extensions (``-march=native`` compiles for exactly these,
+    so a cache folder shared by different machines keeps one library per CPU kind)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line for line in text.splitlines() if line.startswith("flags")), "")
+
+
 def _folder() -> Path:
     base = cache_dir()
     if base is None:
@@ -60,7 +71,7 @@ def library(name: str) -> ctypes.CDLL | None:
         return None
     source = Path(__file__).with_name(f"{name}.cpp")
     key = hashlib.sha256(source.read_bytes())
-    key.update(" ".join((cxx, *_FLAGS, platform.machine(),
+    key.update(" ".join((cxx, *_FLAGS, platform.machine(), _cpu_flags(),
                          torch.backends.cpu.get_cpu_capability())).encode())
     folder = _folder()
     target = folder / f"{name}-{key.hexdigest()[:24]}.so"
