@@ -3,8 +3,8 @@
 A kernel whose loop structure inductor cannot express (:mod:`.mac`'s fused blocked
 product) ships as C++ source beside this module. :func:`library` compiles it once per
 source, compiler and CPU kind (its instruction-set flags), with ``$CXX``, else
-``g++``/``c++``, and ``-O3 -march=native -fopenmp -ffp-contract=fast`` (FMAs: the kernels
-rely on ``s + a * b`` being one rounding only where ``a * b`` is exact), into
+``g++``/``c++``, and ``-O3 -march=native -fopenmp -ffp-contract=fast`` (FMAs: the same
+values here, the kernels' products being exact in float64), into
 ``$LOWPREC_CACHE_DIR/native/<key>.so`` (beside :func:`.graphs.cache_dir`'s folder; a
 private temporary folder when that is ``off``), written atomically, and loads it with
 :mod:`ctypes` (foreign calls release the GIL). The library is linked against
