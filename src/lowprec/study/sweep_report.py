@@ -237,7 +237,7 @@ def _group_lines(key: tuple[str, str, Any], group: Group, folder: Path, suffix: 
     where = f"{dataset} / {model}, " + (f"{epochs} epochs" if epochs else "reference epochs")
     lines = [f"### {where}", ""]
     for (family, kind), grid in _splits(group).items():
-        title = f"{family} ({kind} split): final test accuracy (%), {where}"
+        title = f"{family} ({kind} split): final test accuracy (%)\n{where}"
         stem = f"sweep-{family}{suffix}"
         varies = [len({k[i] for k in grid}) > 1 for i in (0, 1)]
         if all(varies):
