@@ -74,7 +74,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import kernel, mac_native, presets
+from . import kernel, mac_native
 from .backend import Compiled
 from .cast import _constants
 from .formats import Format
@@ -162,7 +162,7 @@ class _FusedChain:
     """
 
     def __init__(self, rounder: RoundTo, device: torch.device) -> None:
-        fmt = presets.get(rounder.fmt) if isinstance(rounder.fmt, str) else rounder.fmt
+        fmt = rounder.format
         mode = check_mode(rounder.rounding)
         bits = check_rand_bits(rounder.rand_bits, mode)
         self.overflow = check_overflow(rounder.overflow, fmt.has_inf, fmt.has_nan, fmt.name)
@@ -229,7 +229,7 @@ def _accumulator(rounder: Rounder, device: torch.device) -> Callable[
     """``f(acc, parts)``: ``acc <- Q(acc + parts[c])`` in order, in place (fused and, once it
     pays, compiled for unscaled :class:`RoundTo` roundings)."""
     if isinstance(rounder, RoundTo):
-        fmt = presets.get(rounder.fmt) if isinstance(rounder.fmt, str) else rounder.fmt
+        fmt = rounder.format
         if not isinstance(fmt, ScaledFormat):
             return _FusedChain(rounder, device)
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import native, presets
+from . import native
 from .cast import _constants
 from .quantize import RoundTo
 from .rounding import MODES, check_mode, check_overflow, check_rand_bits
@@ -73,7 +73,7 @@ def _rule(rounder: RoundTo, modes: tuple[str, ...]) -> tuple[
         torch.Tensor, torch.Tensor, int] | None:
     """``(constants, flags, mode code)`` of a rounding the kernel runs (float64 container,
     :func:`.kernel.grid_constants` and :class:`.kernel.Shape`), else ``None``."""
-    fmt = presets.get(rounder.fmt) if isinstance(rounder.fmt, str) else rounder.fmt
+    fmt = rounder.format
     mode = check_mode(rounder.rounding)
     if isinstance(fmt, ScaledFormat) or mode not in modes:
         return None
@@ -133,7 +133,7 @@ def run(a: torch.Tensor, a_split: tuple[int, int, int], b: torch.Tensor,
     if swap:
         a32, b32, a_off, b_off = b32, a32, [b_off[0], b_off[2], b_off[1]], \
             [a_off[0], a_off[2], a_off[1]]
-    fmt = presets.get(accumulate.fmt) if isinstance(accumulate.fmt, str) else accumulate.fmt
+    fmt = accumulate.format
     narrow = fmt.float32_exact and torch.float32 in (a.dtype, b.dtype)
     out = (torch.empty if k else torch.zeros)(  # k = 0: s_0
         batch, *((n, m) if swap else (m, n)), dtype=torch.float32 if narrow else torch.float64)

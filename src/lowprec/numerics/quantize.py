@@ -81,6 +81,11 @@ class RoundTo:
     rand_bits: int | None = None
     generator: torch.Generator | None = field(default=None, compare=False)
 
+    @property
+    def format(self) -> Format:
+        """``fmt`` as a :class:`~lowprec.formats.Format` (a preset name resolved)."""
+        return presets.get(self.fmt)
+
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Round ``x`` onto ``fmt``, into ``out`` (which may be ``x``) or a new tensor."""
         return quantize(x, self.fmt, self.rounding, generator=self.generator,
