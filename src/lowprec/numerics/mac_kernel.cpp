@@ -177,7 +177,10 @@ inline void tile(const float* const* ap, const int64_t* acols, const double* bp,
       }
     }
     v8l s0 = splat(0), s1 = splat(0);
-    if (AM == STOCHASTIC) { s0 = splat(uint32_t(seeds[2 * c])); s1 = splat(uint32_t(seeds[2 * c + 1])); }
+    if (AM == STOCHASTIC) {
+      s0 = splat(uint32_t(seeds[2 * c]));
+      s1 = splat(uint32_t(seeds[2 * c + 1]));
+    }
     for (int r = 0; r < MR; ++r) {
       for (int v = 0; v < NV; ++v) {
         v8l h = splat(0);
