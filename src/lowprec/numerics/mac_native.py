@@ -42,8 +42,7 @@ from .scaling import ScaledFormat
 __all__ = ["GRAIN", "offsets", "run"]
 
 #: the kernel's mode codes (``enum Mode`` of mac_kernel.cpp), and its "no rounding"
-_CODES = {m: i for i, m in enumerate(
-    ("nearest", "nearest_away", "toward_zero", "down", "up", "odd", "stochastic"))}
+_CODES = {m: i for i, m in enumerate(native.MODES)}
 _NONE = 7
 #: nearest-even by float additions (``round8_add``) for the formats :func:`_rule` admits
 _NEAREST_ADD = 8

@@ -31,7 +31,10 @@ import torch
 
 from .graphs import cache_dir
 
-__all__ = ["library"]
+__all__ = ["MODES", "library"]
+
+#: the rounding modes in the order of the kernels' ``enum Mode`` (their integer codes)
+MODES = ("nearest", "nearest_away", "toward_zero", "down", "up", "odd", "stochastic")
 
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17",
           "-ffp-contract=fast")

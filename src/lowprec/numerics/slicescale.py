@@ -45,7 +45,7 @@ import struct
 import torch
 import torch.nn.functional as F
 
-from . import kernel
+from . import block_native, kernel
 from .backend import Compiled
 from .cast import _constants, _draw_seed, overlaps
 from .formats import Format
@@ -192,6 +192,24 @@ def _shiftable(fmt: Format, compute: torch.dtype, scale_rounding: str, margin: i
 _fused = Compiled(fused_round, "scaled rounding kernel")
 
 
+def _native(x3: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype, fmt: Format,
+            rand_bits: int, shape: kernel.Shape, rounding: str, overflow: str,
+            nan_block: bool, margin: int, size: int, seed: torch.Tensor) -> torch.Tensor | None:
+    """Blocks of the contiguous ``(outer, n, inner)`` ``x3`` rounded by
+    :mod:`.block_native` (into ``out`` when it is contiguous and is ``x3`` or apart from
+    it), or ``None`` where that kernel declines."""
+    direct = (out is not None and out.is_contiguous() and out.dtype == dtype
+              and (out.data_ptr() == x3.data_ptr() or not overlaps(out, x3)))
+    y = out if direct else torch.empty(x3.shape, dtype=dtype, device=x3.device)
+    assert y is not None
+    if not block_native.run(y.view(x3.shape), x3, fmt, rand_bits, shape, rounding, overflow,
+                            nan_block, margin, size, seed):
+        return None
+    if out is not None and not direct:
+        return out.copy_(y.view(out.shape))
+    return y
+
+
 def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, axis: int,
                 block: int, scale_rounding: str, margin: int, nan_block: bool,
                 compute: torch.dtype, dtype: torch.dtype, *,
@@ -212,6 +230,16 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     n = x.shape[axis]
     outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
     x3 = x.detach().reshape(outer, n, inner).contiguous()
+    compute_, grid, narrow, wide = _constants(fmt, compute, bits, x.device)
+    assert compute_ == compute, (compute_, compute)
+    seed = (_draw_seed(generator, x.device) if rounding == "stochastic"
+            else kernel.zeros((2,), x.device))
+    shifted = _shiftable(fmt, compute, scale_rounding, margin)
+    if granularity != "channel" and shifted and not stats and compute == torch.float32:
+        y = _native(x3, out, dtype, fmt, bits, narrow, rounding, ovf, nan_block, margin,
+                    min(block, n), seed)
+        if y is not None:
+            return (y if out is not None else y.view(x.shape)), None, None
     if granularity == "channel":
         x4, dims = x3.view(outer, n, 1, inner), (0, 2, 3)
         strides, nb, pad, size = (n * inner, inner, 0, 1), n, 0, 1
@@ -223,18 +251,13 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
             x3 = F.pad(x3, (0, 0, 0, pad))
         x4, dims = x3.view(outer, nb, size, inner), (2,)
         strides = (inner * nb * size, size, 1, nb * size)  # position with axis moved last
-    compute_, grid, narrow, wide = _constants(fmt, compute, bits, x.device)
-    assert compute_ == compute, (compute_, compute)
     shape = wide if x4.numel() > 2**31 else narrow
-    seed = (_draw_seed(generator, x.device) if rounding == "stochastic"
-            else kernel.zeros((2,), x.device))
     # into out directly unless it is (or overlaps) x: in place, the compiled kernel fails
     # on some shapes (inductor's outer-loop fusion: KeyError), so a fresh buffer is copied
     direct = (out is not None and not pad and out.is_contiguous() and out.dtype == dtype
               and not overlaps(out, x4))
     target = out.view(x4.shape) if direct else torch.empty(x4.shape, dtype=dtype,
                                                            device=x.device)
-    shifted = _shiftable(fmt, compute, scale_rounding, margin)
     if shifted:
         shape = shape._replace(subnormal_inputs=True)
     lanes32 = compute == torch.float32 and math.frexp(fmt.max)[1] - 1 > margin
