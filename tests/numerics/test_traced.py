@@ -84,6 +84,17 @@ def test_compiled_quantize_fullgraph_same_bits() -> None:
     assert all(torch.equal(a, b) for a, b in zip(want, [compiled(x), compiled(x)], strict=True))
 
 
+def test_block_scaling_traces_without_a_graph_break() -> None:
+    """Block scaling under ``torch.compile`` traces the torch path (the C++ kernel, which
+    eager calls take, is a foreign call no graph holds): the eager bits, no graph break."""
+    x = torch.randn(64, 96, generator=torch.Generator().manual_seed(0))
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return lp.quantize(x, "fp8_e4m3", scaling=Scaling("block"))
+
+    assert torch.equal(torch.compile(f, backend="eager", fullgraph=True)(x), f(x))
+
+
 def test_unregistered_generator_is_a_clear_error() -> None:
     g = torch.Generator()
 

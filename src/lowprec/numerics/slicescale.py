@@ -235,7 +235,8 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     seed = (_draw_seed(generator, x.device) if rounding == "stochastic"
             else kernel.zeros((2,), x.device))
     shifted = _shiftable(fmt, compute, scale_rounding, margin)
-    if granularity != "channel" and shifted and not stats and compute == torch.float32:
+    if (granularity != "channel" and shifted and not stats and compute == torch.float32
+            and not torch.compiler.is_compiling()):  # (a graph holds no foreign call)
         y = _native(x3, out, dtype, fmt, bits, narrow, rounding, ovf, nan_block, margin,
                     min(block, n), seed)
         if y is not None:
