@@ -230,13 +230,16 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     n = x.shape[axis]
     outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
     x3 = x.detach().reshape(outer, n, inner).contiguous()
-    compute_, grid, narrow, wide = _constants(fmt, compute, bits, x.device)
+    tracing = torch.compiler.is_compiling()  # dynamo traces through caches (and warns)
+    constants, consts = ((_constants.__wrapped__, _consts.__wrapped__) if tracing
+                         else (_constants, _consts))
+    compute_, grid, narrow, wide = constants(fmt, compute, bits, x.device)
     assert compute_ == compute, (compute_, compute)
     seed = (_draw_seed(generator, x.device) if rounding == "stochastic"
             else kernel.zeros((2,), x.device))
     shifted = _shiftable(fmt, compute, scale_rounding, margin)
     if (granularity != "channel" and shifted and not stats and compute == torch.float32
-            and not torch.compiler.is_compiling()):  # (a graph holds no foreign call)
+            and not tracing):  # (a graph holds no foreign call)
         y = _native(x3, out, dtype, fmt, bits, narrow, rounding, ovf, nan_block, margin,
                     min(block, n), seed)
         if y is not None:
@@ -270,7 +273,7 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     # duck sizing)
     with torch.no_grad():
         scales, measured = _fused(variant, target.detach(), x4.detach(), grid,
-                                  seed, _consts(fmt, margin, strides, x.device),
+                                  seed, consts(fmt, margin, strides, x.device),
                                   rounding, ovf, shape, compute, scale_rounding, nan_block,
                                   dims, stats, shifted, size, lanes32)
     if direct:
