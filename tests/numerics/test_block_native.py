@@ -136,7 +136,7 @@ def test_float_nearest_equals_the_integer_kernel(fmt: str) -> None:
     on every code's midpoint and on random values, over block exponents from -127 up."""
     x = torch.cat([tricky((40, 96), fmt, seed=s) for s in range(3)])
     x[:8] *= 2.0**-100  # blocks whose exponent clamps at -127: subnormal results
-    same_bits(call(x, fmt, block_native._NEAREST_FLOAT), call(x, fmt,
+    same_bits(call(x, fmt, native.NEAREST_FLOAT), call(x, fmt,
                                                              native.MODES.index("nearest")))
 
 

@@ -34,9 +34,9 @@
 #include <xmmintrin.h>
 #endif
 
-namespace {
+#include "round8.h"  // enum Mode
 
-enum Mode { NEAREST, NEAREST_AWAY, TOWARD_ZERO, DOWN, UP, ODD, STOCHASTIC, NEAREST_FLOAT };
+namespace {
 
 typedef int32_t v16i __attribute__((vector_size(64)));
 typedef uint32_t v16u __attribute__((vector_size(64)));

@@ -38,8 +38,6 @@ __all__ = ["run"]
 
 #: the modes the kernel has (those :mod:`.scaling` computes in float32)
 _MODES = ("nearest", "nearest_away", "stochastic")
-#: ``NEAREST_FLOAT`` of block_kernel.cpp's ``enum Mode``: nearest-even in float operations
-_NEAREST_FLOAT = len(native.MODES)
 #: elements below which a call runs on one thread (waking a second costs more)
 GRAIN = 1 << 15
 
@@ -91,5 +89,5 @@ def run(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int, shape: 
                 and shape.negative_zero and not (shape.flush or shape.parity_from_exponent))
     threads = 1 if x.numel() < GRAIN else torch.get_num_threads()
     failed = fn(x.data_ptr(), out.data_ptr(), outer, n, inner, size, words,
-                _NEAREST_FLOAT if by_float else native.MODES.index(mode), threads)
+                native.NEAREST_FLOAT if by_float else native.MODES.index(mode), threads)
     return not failed

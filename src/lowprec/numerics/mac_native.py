@@ -41,11 +41,8 @@ from .scaling import ScaledFormat
 
 __all__ = ["GRAIN", "offsets", "run"]
 
-#: the kernel's mode codes (``enum Mode`` of mac_kernel.cpp), and its "no rounding"
+#: the kernel's mode codes (``enum Mode`` of round8.h)
 _CODES = {m: i for i, m in enumerate(native.MODES)}
-_NONE = 7
-#: nearest-even by float additions (``round8_add``) for the formats :func:`_rule` admits
-_NEAREST_ADD = 8
 #: multiply-adds below which a call runs on one thread (waking a second costs more)
 GRAIN = 1 << 16
 _I64P = ctypes.POINTER(ctypes.c_int64)
@@ -85,7 +82,7 @@ def _rule(rounder: RoundTo, modes: tuple[str, ...]) -> tuple[
                           shape.symmetric, shape.negative_zero], dtype=torch.int32)
     by_addition = (mode == "nearest" and fmt.grid_man <= 49 and fmt.max < 2.0**900
                    and not (shape.parity_from_exponent or shape.flush) and shape.symmetric)
-    return grid, flags, _NEAREST_ADD if by_addition else _CODES[mode]
+    return grid, flags, native.NEAREST_ADD if by_addition else _CODES[mode]
 
 
 def offsets(t: torch.Tensor, split: tuple[int, int, int]) -> list[torch.Tensor]:
@@ -140,7 +137,7 @@ def run(a: torch.Tensor, a_split: tuple[int, int, int], b: torch.Tensor,
     if acc[2] == _CODES["stochastic"]:
         seeds = torch.randint(-(2**31), 2**31, (batch, -(-k // block), 2),
                               generator=accumulate.generator, dtype=torch.int32)
-    prule, pflags, pmode = prod if prod is not None else (acc[0], acc[1], _NONE)
+    prule, pflags, pmode = prod if prod is not None else (acc[0], acc[1], native.NONE)
     threads = 1 if math.prod((batch, m, n, k)) < GRAIN else torch.get_num_threads()
     failed = fn(a32.data_ptr(), *(_ptr(o, _I64P) for o in a_off),
                 b32.data_ptr(), *(_ptr(o, _I64P) for o in b_off), out.data_ptr(), narrow,

@@ -1,8 +1,10 @@
 """C++ kernels of this package, compiled on first use and kept on disk.
 
 A kernel whose loop structure inductor cannot express (:mod:`.mac`'s fused blocked
-product) ships as C++ source beside this module. :func:`library` compiles it once per
-source, compiler and CPU kind (its instruction-set flags), with ``$CXX``, else
+product, :mod:`.block_native`'s per-block scaling) ships as C++ source beside this
+module, with the headers it includes (``round8.h``: the rounding kernel on float64
+lanes). :func:`library` compiles it once per source (and headers), compiler and CPU kind
+(its instruction-set flags), with ``$CXX``, else
 ``g++``/``c++``, and ``-O3 -march=native -fopenmp -ffp-contract=fast`` (FMAs: the same
 values here, the kernels' products being exact in float64), into
 ``$LOWPREC_CACHE_DIR/native/<key>.so`` (beside :func:`.graphs.cache_dir`'s folder; a
@@ -31,10 +33,13 @@ import torch
 
 from .graphs import cache_dir
 
-__all__ = ["MODES", "library"]
+__all__ = ["MODES", "NEAREST_ADD", "NEAREST_FLOAT", "NONE", "library"]
 
-#: the rounding modes in the order of the kernels' ``enum Mode`` (their integer codes)
+#: the rounding modes in the order of the kernels' ``enum Mode`` (round8.h), their codes
 MODES = ("nearest", "nearest_away", "toward_zero", "down", "up", "odd", "stochastic")
+#: the kernels' own codes: no rounding, nearest-even by a float64 addition, by float32
+#: operations (round8.h)
+NONE, NEAREST_ADD, NEAREST_FLOAT = 7, 8, 9
 
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu++17",
           "-ffp-contract=fast")
@@ -74,6 +79,8 @@ def library(name: str) -> ctypes.CDLL | None:
         return None
     source = Path(__file__).with_name(f"{name}.cpp")
     key = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # what the sources may include
+        key.update(header.read_bytes())
     key.update(" ".join((cxx, *_FLAGS, platform.machine(), _cpu_flags(),
                          torch.backends.cpu.get_cpu_capability())).encode())
     folder = _folder()
