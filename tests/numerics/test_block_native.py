@@ -10,10 +10,10 @@ subnormals, zeros of both signs, infinities, NaNs and exact ties of each block's
 from __future__ import annotations
 
 import ctypes
-import math
 
 import pytest
 import torch
+from native_paths import awkward, both_paths, same_bits
 
 import lowprec as lp
 from lowprec.numerics import block_native, native
@@ -47,17 +47,8 @@ def resolve(fmt: str | Format) -> Format:
 def tricky(shape: tuple[int, ...], fmt: str | Format, seed: int) -> torch.Tensor:
     """Random magnitudes over 80 binades, specials, float32 subnormals and, in the first
     block of every row, exact midpoints between neighbouring codes of that block's grid."""
+    x = awkward(shape, seed, 80)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    x = (x * torch.pow(2.0, torch.randint(-40, 40, shape, generator=g).double())).float()
-    flat = x.view(-1)
-    pick = torch.randperm(flat.numel(), generator=g)
-    flat[pick[:3]] = math.nan
-    flat[pick[3:5]] = math.inf
-    flat[pick[5]] = -math.inf
-    flat[pick[6:16]] = 0.0
-    flat[pick[16:20]] = -0.0
-    flat[pick[20:40]] = torch.randn(20, generator=g) * 2.0**-135
     # ties: a row of one block, amax 2**k times the format's max, midpoints in between
     codes = resolve(fmt).values().abs().unique()  # ascending
     mids = (codes[:-1] + codes[1:]) / 2
@@ -69,31 +60,6 @@ def tricky(shape: tuple[int, ...], fmt: str | Format, seed: int) -> torch.Tensor
     return x
 
 
-def both_paths(x: torch.Tensor, fmt: str | Format, monkeypatch: pytest.MonkeyPatch,
-               **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lp.quantize`` with the kernel (asserting that it served) and without it."""
-    served: list[bool] = []
-    real = block_native.run
-
-    def spy(*args: object, **kwargs: object) -> bool:
-        served.append(real(*args, **kwargs))
-        return served[-1]
-
-    monkeypatch.setattr(block_native, "run", spy)
-    native_y = lp.quantize(x, fmt, generator=torch.Generator().manual_seed(3), **kw)
-    assert served == [True]
-    monkeypatch.setattr(block_native, "_function", lambda: None)
-    torch_y = lp.quantize(x, fmt, generator=torch.Generator().manual_seed(3), **kw)
-    monkeypatch.undo()
-    return native_y, torch_y
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
-    diff = (a.view(torch.int32) != b.view(torch.int32)).nonzero()
-    assert diff.numel() == 0, f"{len(diff)} differ, first at {diff[0].tolist()}: " \
-        f"{a[tuple(diff[0])].item()!r} vs {b[tuple(diff[0])].item()!r}"
-
-
 @pytest.mark.parametrize("fmt,overflow", FORMATS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("nan_policy", ["local", "block"])
@@ -102,7 +68,7 @@ def test_same_bits_as_the_torch_path(fmt: str | Format, overflow: str, mode: str
     for i, (shape, axis, block) in enumerate(LAYOUTS):
         x = tricky(shape, fmt, seed=i)
         s = lp.Scaling("block", axis=axis, block=block, nan_policy=nan_policy)
-        same_bits(*both_paths(x, fmt, monkeypatch, rounding=mode, scaling=s,
+        same_bits(*both_paths(block_native, x, fmt, monkeypatch, rounding=mode, scaling=s,
                               overflow=overflow))
 
 
@@ -113,7 +79,7 @@ def test_threaded_calls(shape: tuple[int, ...], axis: int, mode: str,
     """Tensors of at least GRAIN elements run on torch's threads: the same bits."""
     x = tricky(shape, "fp8_e4m3", seed=7)
     assert x.numel() >= block_native.GRAIN
-    same_bits(*both_paths(x, "fp8_e4m3", monkeypatch, rounding=mode,
+    same_bits(*both_paths(block_native, x, "fp8_e4m3", monkeypatch, rounding=mode,
                           scaling=lp.Scaling("block", axis=axis)))
 
 
@@ -143,7 +109,7 @@ def test_float_nearest_equals_the_integer_kernel(fmt: str) -> None:
 def test_in_place_and_into_out(monkeypatch: pytest.MonkeyPatch) -> None:
     x = tricky((64, 96), "fp8_e4m3", seed=1)
     s = lp.Scaling("block", axis=-1)
-    expected, _ = both_paths(x, "fp8_e4m3", monkeypatch, scaling=s)
+    expected, _ = both_paths(block_native, x, "fp8_e4m3", monkeypatch, scaling=s)
     out = torch.empty_like(x)
     assert lp.quantize(x, "fp8_e4m3", scaling=s, out=out) is out
     same_bits(out, expected)
@@ -177,11 +143,13 @@ def test_flushed_subnormals_take_the_integer_way(monkeypatch: pytest.MonkeyPatch
     x = tricky((16, 64), "fp8_e4m3", seed=4)
     x[:8] = torch.randn(8, 64, generator=torch.Generator().manual_seed(4)) * 2.0**-128
     x[:8, ::16] = 2.0**-110  # block exponent -118: codes times 2**-118, many subnormal
-    y, _ = both_paths(x, "fp8_e4m3", monkeypatch, scaling=lp.Scaling("block"))
+    y, _ = both_paths(block_native, x, "fp8_e4m3", monkeypatch,
+                      scaling=lp.Scaling("block"))
     assert ((y[:8] != 0) & (y[:8].abs() < 2.0**-126)).sum() > 100  # subnormal results
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush subnormals")
     try:
-        same_bits(*both_paths(x, "fp8_e4m3", monkeypatch, scaling=lp.Scaling("block")))
+        same_bits(*both_paths(block_native, x, "fp8_e4m3", monkeypatch,
+                              scaling=lp.Scaling("block")))
     finally:
         torch.set_flush_denormal(False)

@@ -1,6 +1,6 @@
 """Scaling: bit-exact OCP MX / NVFP4 against a Fraction reference, every granularity and axis,
 special slices, delayed (history) scaling, unbiased stochastic rounding and parameter errors;
-each on both paths of block scaling (the C++ kernel and the torch path).
+each on both paths of block scaling (the C++ kernels and the torch path).
 
 The reference below is written from the OCP Microscaling Formats v1.0 definitions, not from
 ``lowprec.scaling``: a block's shared exponent is ``X = floor(log2(max |v|)) - emax_elem``
@@ -35,7 +35,7 @@ import pytest
 import torch
 
 import lowprec as lp
-from lowprec.numerics import block_native
+from lowprec.numerics import block_native, fmtscale_native
 from lowprec.numerics.cast import round_to_format
 from lowprec.numerics.formats import FixedPoint, FloatingPoint
 from lowprec.numerics.scaling import _traced_tensor_round
@@ -43,12 +43,14 @@ from lowprec.numerics.scaling import _traced_tensor_round
 
 @pytest.fixture(autouse=True, params=["native", "torch"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test on both implementations of block scaling: the C++ kernel
-    (:mod:`lowprec.numerics.block_native`, where it applies) and the torch path."""
-    if request.param == "torch":
-        monkeypatch.setattr(block_native, "_function", lambda: None)
-    elif block_native._function() is None:
-        pytest.skip("the native block kernel could not be built here (no C++ compiler?)")
+    """Every test on both implementations of block scaling: the C++ kernels
+    (:mod:`lowprec.numerics.block_native`, :mod:`lowprec.numerics.fmtscale_native`, where
+    they apply) and the torch path."""
+    for module in (block_native, fmtscale_native):
+        if request.param == "torch":
+            monkeypatch.setattr(module, "_function", lambda: None)
+        elif module._function() is None:
+            pytest.skip("the native kernels could not be built here (no C++ compiler?)")
     return request.param
 
 

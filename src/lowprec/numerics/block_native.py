@@ -44,16 +44,10 @@ GRAIN = 1 << 15
 
 @functools.lru_cache(maxsize=1)
 def _function() -> Callable[..., int] | None:
-    """``lowprec_block_round`` of the compiled library, with its C signature; ``None``
-    without it."""
-    lib = native.library("block_kernel")
-    if lib is None:
-        return None
-    fn = lib.lowprec_block_round
-    i64, vp = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [vp, vp, i64, i64, i64, i64, vp, ctypes.c_int, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+    """``lowprec_block_round`` with its C signature; ``None`` without the library."""
+    i64, vp, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    return native.function("block_kernel", "lowprec_block_round",
+                           [vp, vp, i64, i64, i64, i64, vp, i32, i32])
 
 
 @functools.lru_cache(maxsize=256)

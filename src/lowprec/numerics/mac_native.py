@@ -34,35 +34,27 @@ from collections.abc import Callable
 import torch
 
 from . import native
-from .cast import _constants
 from .quantize import RoundTo
 from .rounding import MODES, check_mode, check_overflow, check_rand_bits
 from .scaling import ScaledFormat
 
 __all__ = ["GRAIN", "offsets", "run"]
 
-#: the kernel's mode codes (``enum Mode`` of round8.h)
-_CODES = {m: i for i, m in enumerate(native.MODES)}
 #: multiply-adds below which a call runs on one thread (waking a second costs more)
 GRAIN = 1 << 16
 _I64P = ctypes.POINTER(ctypes.c_int64)
 _I32P = ctypes.POINTER(ctypes.c_int32)
-assert set(_CODES) == set(MODES)
+assert set(native.MODES) == set(MODES)
 
 
 @functools.lru_cache(maxsize=1)
 def _function() -> Callable[..., int] | None:
-    """``lowprec_mac`` of the compiled library, with its C signature; ``None`` without it."""
-    lib = native.library("mac_kernel")
-    if lib is None:
-        return None
-    fn = lib.lowprec_mac
-    i64, vp = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [vp, _I64P, _I64P, _I64P, vp, _I64P, _I64P, _I64P, vp, ctypes.c_int, i64,
-                   i64, i64, i64, i64, _I64P, _I32P, ctypes.c_int, _I64P, _I32P, ctypes.c_int,
-                   _I32P, i64, i64, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+    """``lowprec_mac`` with its C signature; ``None`` without the library."""
+    i64, vp, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    return native.function("mac_kernel", "lowprec_mac",
+                           [vp, _I64P, _I64P, _I64P, vp, _I64P, _I64P, _I64P, vp, i32, i64,
+                            i64, i64, i64, i64, _I64P, _I32P, i32, _I64P, _I32P, i32, _I32P,
+                            i64, i64, i32])
 
 
 def _rule(rounder: RoundTo, modes: tuple[str, ...]) -> tuple[
@@ -75,14 +67,10 @@ def _rule(rounder: RoundTo, modes: tuple[str, ...]) -> tuple[
         return None
     bits = check_rand_bits(rounder.rand_bits, mode)
     overflow = check_overflow(rounder.overflow, fmt.has_inf, fmt.has_nan, fmt.name)
-    _, grid, shape, _ = _constants(fmt, torch.float64, bits, torch.device("cpu"))
-    if shape.subnormal_inputs or not shape.signed:
+    rule = native.rule64(fmt, bits, overflow)
+    if rule is None:
         return None
-    flags = torch.tensor([overflow == "saturate", shape.parity_from_exponent, shape.flush,
-                          shape.symmetric, shape.negative_zero], dtype=torch.int32)
-    by_addition = (mode == "nearest" and fmt.grid_man <= 49 and fmt.max < 2.0**900
-                   and not (shape.parity_from_exponent or shape.flush) and shape.symmetric)
-    return grid, flags, native.NEAREST_ADD if by_addition else _CODES[mode]
+    return rule[0], rule[1], native.code64(fmt, mode, rule[1])
 
 
 def offsets(t: torch.Tensor, split: tuple[int, int, int]) -> list[torch.Tensor]:
@@ -115,7 +103,7 @@ def run(a: torch.Tensor, a_split: tuple[int, int, int], b: torch.Tensor,
     when the result is float32 and holds every accumulator value exactly, else float64."""
     if a.device.type != "cpu" or torch.float64 in (a.dtype, b.dtype):
         return None
-    acc = _rule(accumulate, tuple(_CODES))
+    acc = _rule(accumulate, native.MODES)
     prod = None if product is None else _rule(product, ("nearest",))
     batch, m, k = (math.prod(a.shape[lo:hi]) for lo, hi in _bounds(a_split))
     n = math.prod(b.shape[sum(b_split[:2]):])
@@ -134,7 +122,7 @@ def run(a: torch.Tensor, a_split: tuple[int, int, int], b: torch.Tensor,
     out = (torch.empty if k else torch.zeros)(  # k = 0: s_0
         batch, *((n, m) if swap else (m, n)), dtype=torch.float32 if narrow else torch.float64)
     seeds = None
-    if acc[2] == _CODES["stochastic"]:
+    if acc[2] == native.MODES.index("stochastic"):
         seeds = torch.randint(-(2**31), 2**31, (batch, -(-k // block), 2),
                               generator=accumulate.generator, dtype=torch.int32)
     prule, pflags, pmode = prod if prod is not None else (acc[0], acc[1], native.NONE)

@@ -1,12 +1,13 @@
 """C++ kernels of this package, compiled on first use and kept on disk.
 
 A kernel whose loop structure inductor cannot express (:mod:`.mac`'s fused blocked
-product, :mod:`.block_native`'s per-block scaling) ships as C++ source beside this
-module, with the headers it includes (``round8.h``: the rounding kernel on float64
-lanes). :func:`library` compiles it once per source (and headers), compiler and CPU kind
-(its instruction-set flags), with ``$CXX``, else
+product, :mod:`.block_native`'s and :mod:`.fmtscale_native`'s per-block scaling) ships as
+C++ source beside this module, with the headers it includes (``round8.h``: the rounding
+kernel on float64 lanes). :func:`library` compiles it once per source (and headers),
+compiler and CPU kind (its instruction-set flags), with ``$CXX``, else
 ``g++``/``c++``, and ``-O3 -march=native -fopenmp -ffp-contract=fast`` (FMAs: the same
-values here, the kernels' products being exact in float64), into
+values here, the MAC kernel's products being exact in float64 and the scaling kernels
+adding no product), into
 ``$LOWPREC_CACHE_DIR/native/<key>.so`` (beside :func:`.graphs.cache_dir`'s folder; a
 private temporary folder when that is ``off``), written atomically, and loads it with
 :mod:`ctypes` (foreign calls release the GIL). The library is linked against
@@ -27,13 +28,18 @@ import subprocess
 import tempfile
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .cast import _constants
+from .formats import Format
 from .graphs import cache_dir
 
-__all__ = ["MODES", "NEAREST_ADD", "NEAREST_FLOAT", "NONE", "library"]
+__all__ = ["MODES", "NEAREST_ADD", "NEAREST_FLOAT", "NONE", "code64", "function", "library",
+           "rule64"]
 
 #: the rounding modes in the order of the kernels' ``enum Mode`` (round8.h), their codes
 MODES = ("nearest", "nearest_away", "toward_zero", "down", "up", "odd", "stochastic")
@@ -100,3 +106,41 @@ def library(name: str) -> ctypes.CDLL | None:
                       "slower). Set LOWPREC_NATIVE=off to silence this.",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def function(name: str, symbol: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """The C function ``symbol`` (returning int) of :func:`library` ``name``, with its
+    argument types; ``None`` without the library."""
+    lib = library(name)
+    if lib is None:
+        return None
+    fn = getattr(lib, symbol)
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
+@functools.lru_cache(maxsize=256)
+def rule64(fmt: Format, rand_bits: int, overflow: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """round8.h's ``Rule`` for rounding onto ``fmt`` in the float64 container, as tensors
+    (cached: never written): :func:`.kernel.grid_constants` and ``rand_mask`` (int64), and
+    the flags saturate, parity_from_exponent, flush, symmetric, negative_zero (int32), of
+    :class:`.kernel.Shape`; ``None`` for the formats round8 has no variant for (subnormal
+    float64 inputs on the format's grid, unsigned formats)."""
+    _, grid, shape, _ = _constants(fmt, torch.float64, rand_bits, torch.device("cpu"))
+    if shape.subnormal_inputs or not shape.signed:
+        return None
+    flags = torch.tensor([overflow == "saturate", shape.parity_from_exponent, shape.flush,
+                          shape.symmetric, shape.negative_zero], dtype=torch.int32)
+    return grid, flags
+
+
+def code64(fmt: Format, mode: str, flags: torch.Tensor) -> int:
+    """The kernels' code for rounding onto ``fmt`` in ``mode`` on float64 lanes (``flags``:
+    :func:`rule64`'s): ``NEAREST_ADD`` for nearest-even where round8_add gives round8's
+    bits (at least 3 dropped bits, no flush, no exponent parity, symmetric, largest value
+    below ``2**900``: round8.h), else the mode's own."""
+    parity, flush, symmetric = flags[1:4].tolist()
+    if (mode == "nearest" and fmt.grid_man <= 49 and fmt.max < 2.0**900
+            and not (parity or flush) and symmetric):
+        return NEAREST_ADD
+    return MODES.index(mode)

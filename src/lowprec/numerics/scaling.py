@@ -53,6 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import fmtscale_native
 from .cast import round_measured, round_to_format
 from .formats import Format, _require_int
 from .slicescale import exp2_exact, slice_round
@@ -474,6 +475,10 @@ def scaled_round(
             rand_bits=rand_bits, overflow="saturate" if overflow is None else overflow,
             out=out, stats=return_info)
         return y, (QuantInfo(x.numel(), stats, scales=sc) if return_info else None)
+    elif (y_native := _native_format_scales(
+            x, fmt, rounding, scaling, return_info or state is not None, dtype,
+            generator=generator, rand_bits=rand_bits, overflow=overflow)) is not None:
+        y = y_native
     else:
         compute = _compute_dtype(x, fmt, rounding, scaling.pow2)
         xs, dims, back, compact = _view(x.detach().to(compute), scaling)
@@ -503,6 +508,23 @@ def scaled_round(
     if out is None:
         return y.contiguous(), info
     return out.copy_(y), info
+
+
+def _native_format_scales(x: torch.Tensor, fmt: Format, rounding: str, s: Scaling,
+                          declined: bool, dtype: torch.dtype, *,
+                          generator: torch.Generator | None, rand_bits: int | None,
+                          overflow: str | None) -> torch.Tensor | None:
+    """Block scales in a format (not power-of-two) by :mod:`.fmtscale_native`, or ``None``
+    (``declined``: telemetry or history asked; traced; other granularities; where the
+    kernel declines)."""
+    if (declined or s.granularity != "block" or s.pow2 or torch.compiler.is_compiling()
+            or not -x.ndim <= s.axis < x.ndim):
+        return None
+    assert isinstance(s.scale_format, Format)
+    return fmtscale_native.run(
+        x, fmt, rounding, s.scale_format, s.axis, s.block, _FORMAT_MODE[s.scale_rounding],
+        s.margin, s.nan_policy == "block", s.tensor_scale, dtype, generator=generator,
+        rand_bits=rand_bits, overflow="saturate" if overflow is None else overflow)
 
 
 def _traced_tensor_round(x: torch.Tensor, fmt: Format, rounding: str, s: Scaling,
