@@ -16,8 +16,7 @@ import torch
 from native_paths import awkward, both_paths, same_bits
 
 import lowprec as lp
-from lowprec.numerics import block_native, native
-from lowprec.numerics.cast import _constants
+from lowprec.numerics import block_native, kernel, native
 from lowprec.numerics.formats import FloatingPoint, Format
 
 #: the modes block scaling computes in float32 (the directed ones and "odd" take float64)
@@ -35,7 +34,7 @@ LAYOUTS = [((6, 75), -1, 32), ((75, 37), 0, 32), ((3, 40, 19), 1, 16), ((5, 24),
 
 
 @pytest.fixture(autouse=True)
-def kernel() -> None:
+def built() -> None:
     if block_native._function() is None:
         pytest.skip("the native block kernel could not be built here (no C++ compiler?)")
 
@@ -86,7 +85,7 @@ def test_threaded_calls(shape: tuple[int, ...], axis: int, mode: str,
 def call(x: torch.Tensor, fmt: str, code: int) -> torch.Tensor:
     """The kernel itself on blocks of 32 along the rows of 2-d ``x``, mode ``code``."""
     f = resolve(fmt)
-    _, _, shape, _ = _constants(f, torch.float32, 30, torch.device("cpu"))
+    _, _, shape, _ = kernel.constants(f, torch.float32, 30, torch.device("cpu"))
     rule = block_native._rule(f, 30, shape, True, False, 0)
     y = torch.empty_like(x)
     fn = block_native._function()

@@ -12,7 +12,6 @@ the exact value.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -25,23 +24,6 @@ __all__ = ["check_inputs", "register_generator", "round_measured", "round_to_for
            "unregister_generator"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-@lru_cache(maxsize=1024)
-def _constants(fmt: Format, dtype: torch.dtype, rand_bits: int, device: torch.device) -> tuple[
-    torch.dtype, torch.Tensor, kernel.Shape, kernel.Shape,
-]:
-    """Compute dtype, the kernel's constants as a tensor on ``device``, and its shapes (for
-    up to 2**31 elements, and more)."""
-    compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
-    grid = (*kernel.grid_constants(fmt, compute), kernel.rand_mask(rand_bits))
-    flush = fmt.grid_flush > fmt.grid_qmin
-    subnormal_inputs = kernel.grid_below_container(grid, flush)
-    shapes = (kernel.Shape(fmt.parity_from_exponent, flush, fmt.max == fmt.max_negative,
-                            wide, subnormal_inputs, fmt.negative_zero, fmt.signed)
-              for wide in (False, True))
-    return (compute, torch.tensor(grid, dtype=kernel.int_dtype(compute), device=device),
-            *shapes)
 
 
 def _check_tensor(x: Any) -> None:
@@ -180,7 +162,8 @@ def round_measured(
     if x.numel() == 0:
         return out, None
     # traced: the computation itself (dynamo does not keep lru_cache's table; no warning)
-    constants = _constants.__wrapped__ if torch.compiler.is_compiling() else _constants
+    constants = (kernel.constants.__wrapped__ if torch.compiler.is_compiling()
+                 else kernel.constants)
     compute, grid, narrow, wide = constants(fmt, x.dtype, bits, x.device)
     stochastic = rounding == "stochastic"
     seed = _draw_seed(generator, x.device, x) if stochastic else kernel.zeros((2,), x.device)

@@ -45,7 +45,7 @@ import torch
 
 from .backend import Compiled, backend
 
-__all__ = ["backend", "grid_constants", "quantize_into", "round_flat", "round_kernel",
+__all__ = ["backend", "constants", "grid_constants", "quantize_into", "round_flat", "round_kernel",
            "round_values", "run"]
 
 
@@ -172,6 +172,23 @@ def grid_constants(fmt: Any, dtype: torch.dtype) -> tuple[int, ...]:
     limits = float_bits((fmt.max, fmt.max_negative, special, 2.0**kmin), dtype)
     return (max(p - fmt.grid_man, 0), fmt.grid_qmin + p + bias, fmt.code_bias - bias - p,
             *limits[:3], flush + bias, flush + p + bias, limits[3])
+
+
+@functools.lru_cache(maxsize=1024)
+def constants(fmt: Any, dtype: torch.dtype, rand_bits: int, device: torch.device) -> tuple[
+    torch.dtype, torch.Tensor, Shape, Shape,
+]:
+    """For rounding inputs of ``dtype`` onto ``fmt``: the compute dtype (float32 where it
+    holds the format's values and the input is not float64), :func:`grid_constants` and
+    :func:`rand_mask` as a tensor on ``device`` (cached: never written), and the
+    :class:`Shape` for up to ``2**31`` elements and for more."""
+    compute = torch.float32 if dtype != torch.float64 and fmt.float32_exact else torch.float64
+    grid = (*grid_constants(fmt, compute), rand_mask(rand_bits))
+    flush = fmt.grid_flush > fmt.grid_qmin
+    subnormal_inputs = grid_below_container(grid, flush)
+    shapes = (Shape(fmt.parity_from_exponent, flush, fmt.max == fmt.max_negative, wide,
+                    subnormal_inputs, fmt.negative_zero, fmt.signed) for wide in (False, True))
+    return (compute, torch.tensor(grid, dtype=int_dtype(compute), device=device), *shapes)
 
 
 def round_kernel(

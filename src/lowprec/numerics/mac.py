@@ -76,7 +76,6 @@ import torch.nn.functional as F
 
 from . import kernel, mac_native
 from .backend import Compiled
-from .cast import _constants
 from .formats import Format
 from .quantize import RoundTo
 from .rounding import check_mode, check_overflow, check_rand_bits
@@ -167,7 +166,7 @@ class _FusedChain:
         bits = check_rand_bits(rounder.rand_bits, mode)
         self.overflow = check_overflow(rounder.overflow, fmt.has_inf, fmt.has_nan, fmt.name)
         self.mode, self.generator = mode, rounder.generator
-        _, self.grid, self.shape, _ = _constants(fmt, torch.float64, bits, device)
+        _, self.grid, self.shape, _ = kernel.constants(fmt, torch.float64, bits, device)
 
     def __call__(self, acc: torch.Tensor, parts: torch.Tensor) -> None:
         """``acc`` (contiguous float64 ``[m, n]``) updated in place by ``parts`` (contiguous

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .cast import _constants
+from . import kernel
 from .formats import Format
 from .graphs import cache_dir
 
@@ -126,7 +126,7 @@ def rule64(fmt: Format, rand_bits: int, overflow: str) -> tuple[torch.Tensor, to
     the flags saturate, parity_from_exponent, flush, symmetric, negative_zero (int32), of
     :class:`.kernel.Shape`; ``None`` for the formats round8 has no variant for (subnormal
     float64 inputs on the format's grid, unsigned formats)."""
-    _, grid, shape, _ = _constants(fmt, torch.float64, rand_bits, torch.device("cpu"))
+    _, grid, shape, _ = kernel.constants(fmt, torch.float64, rand_bits, torch.device("cpu"))
     if shape.subnormal_inputs or not shape.signed:
         return None
     flags = torch.tensor([overflow == "saturate", shape.parity_from_exponent, shape.flush,

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from . import block_native, kernel
 from .backend import Compiled
-from .cast import _constants, _draw_seed, overlaps
+from .cast import _draw_seed, overlaps
 from .formats import Format
 from .rounding import check_mode, check_overflow, check_rand_bits
 
@@ -231,8 +231,8 @@ def slice_round(x: torch.Tensor, fmt: Format, rounding: str, granularity: str, a
     outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
     x3 = x.detach().reshape(outer, n, inner).contiguous()
     tracing = torch.compiler.is_compiling()  # dynamo traces through caches (and warns)
-    constants, consts = ((_constants.__wrapped__, _consts.__wrapped__) if tracing
-                         else (_constants, _consts))
+    constants, consts = ((kernel.constants.__wrapped__, _consts.__wrapped__) if tracing
+                         else (kernel.constants, _consts))
     compute_, grid, narrow, wide = constants(fmt, compute, bits, x.device)
     assert compute_ == compute, (compute_, compute)
     seed = (_draw_seed(generator, x.device) if rounding == "stochastic"
