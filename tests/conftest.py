@@ -58,3 +58,30 @@ def one_graph_per_variant() -> Iterator[None]:
     assert not fell_back, fell_back
     new = graphs.GRAPHS[before:]
     assert len(new) == len(set(new)), [g for g in new if new.count(g) > 1]
+
+
+def _decline_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lowprec.numerics import block_native, fmtscale_native
+
+    for module in (block_native, fmtscale_native):
+        monkeypatch.setattr(module, "_function", lambda: None)
+
+
+@pytest.fixture
+def torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Roundings on the torch path (eager or compiled kernel): the C++ rounding kernels of
+    :mod:`lowprec.numerics` (``block_native``, ``fmtscale_native``) declined."""
+    _decline_native(monkeypatch)
+
+
+@pytest.fixture(params=["native", "torch"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test on both implementations of CPU float32 rounding: the C++ kernels (where they
+    apply; skipped without a compiler) and the torch path."""
+    from lowprec.numerics import block_native, fmtscale_native
+
+    if request.param == "torch":
+        _decline_native(monkeypatch)
+    elif block_native._function() is None or fmtscale_native._function() is None:
+        pytest.skip("the native kernels could not be built here (no C++ compiler?)")
+    return request.param

@@ -37,19 +37,20 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def both_paths(module: ModuleType, x: torch.Tensor, fmt: object,
-               monkeypatch: pytest.MonkeyPatch, **kw: object) -> tuple[torch.Tensor,
-                                                                       torch.Tensor]:
-    """``lp.quantize`` with ``module``'s kernel (asserting that its ``run`` served, by
-    returning ``True`` or a tensor) and with it declined (``module._function`` gone)."""
+               monkeypatch: pytest.MonkeyPatch, entry: str = "run",
+               **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lp.quantize`` with ``module``'s kernel (asserting that its function ``entry``
+    served, by returning ``True`` or a tensor) and with it declined (``module._function``
+    gone)."""
     served: list[bool] = []
-    real = module.run
+    real = getattr(module, entry)
 
     def spy(*args: object, **kwargs: object) -> object:
         result = real(*args, **kwargs)
         served.append(result is True or isinstance(result, torch.Tensor))
         return result
 
-    monkeypatch.setattr(module, "run", spy)
+    monkeypatch.setattr(module, entry, spy)
     native_y = lp.quantize(x, fmt, generator=torch.Generator().manual_seed(3), **kw)
     assert served == [True]
     monkeypatch.setattr(module, "_function", lambda: None)

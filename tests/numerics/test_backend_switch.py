@@ -14,6 +14,9 @@ import torch
 import lowprec as lp
 from lowprec.numerics import backend, kernel
 
+# the torch path's machinery: the C++ rounding kernels declined (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("torch_kernels")
+
 
 class Recorder:
     """A compiler that returns ``fn`` itself, recording the calls of the "compiled" one,

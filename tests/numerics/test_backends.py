@@ -19,6 +19,9 @@ import torch
 
 import lowprec as lp
 
+# the torch path's machinery: the C++ rounding kernels declined (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("torch_kernels")
+
 CASES = [("fp16", mode, None) for mode in lp.rounding.MODES] + [
     ("fxp12", "nearest", None),
     ("fxp12", "stochastic", None),

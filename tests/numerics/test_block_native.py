@@ -71,6 +71,19 @@ def test_same_bits_as_the_torch_path(fmt: str | Format, overflow: str, mode: str
                               overflow=overflow))
 
 
+@pytest.mark.parametrize("fmt,overflow", FORMATS + [("fp12", "saturate"), ("pot7", "saturate")])
+@pytest.mark.parametrize("mode", MODES)
+def test_plain_rounding_same_bits_as_the_torch_path(fmt: str | Format, overflow: str,
+                                                    mode: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No scaling (``lowprec_round``): every element onto the format's own grid, the
+    stochastic index its flat position; small calls and threaded ones."""
+    for i, shape in enumerate([(7, 75), (3, 40, 19), (300, 333)]):
+        x = awkward(shape, i, 60)
+        same_bits(*both_paths(block_native, x, fmt, monkeypatch, entry="round_flat",
+                              rounding=mode, overflow=overflow))
+
+
 @pytest.mark.parametrize("shape,axis", [((64, 1100), -1), ((700, 70), 0), ((4, 96, 130), 1)])
 @pytest.mark.parametrize("mode", ["nearest", "stochastic"])
 def test_threaded_calls(shape: tuple[int, ...], axis: int, mode: str,

@@ -41,6 +41,9 @@ from reference import (
 
 import lowprec as lp
 
+# every test on the C++ kernels and on the torch path (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 N_RANDOM = 1 << 20
 
 

@@ -1,14 +1,14 @@
 """A sample of the exact-reference tests, again on the compiled kernel.
 
-The suite runs on the eager kernel (conftest.py); test_backends.py ties compiled to eager
-bit for bit. Here the compiled kernel (``LOWPREC_BACKEND=compiled``: every call compiled)
-meets the independent references directly, on a sample chosen to cover the compiled
-variants that matter (each costs a compilation the first time, seconds; torch's on-disk
-cache keeps them for later runs): every gap of a float format (float32 container, every
-deterministic mode, both overflow rules) and of two's-complement fixed point (float64
-container), stochastic admissibility at every gap, the probability of rounding up, the
-stream, and the rounding pass's telemetry against its float64 reference. The test bodies
-are those of the eager modules.
+The suite runs on the C++ kernels and the eager kernel (conftest.py); test_backends.py
+ties compiled to eager bit for bit. Here the compiled kernel (``LOWPREC_BACKEND=compiled``:
+every call compiled) meets the independent references directly, on a sample chosen to
+cover the compiled variants that matter (each costs a compilation the first time,
+seconds; torch's on-disk cache keeps them for later runs): every gap of a float format
+(float32 container, every deterministic mode, both overflow rules) and of two's-complement
+fixed point (float64 container), stochastic admissibility at every gap, the probability
+of rounding up, the stream, and the rounding pass's telemetry against its float64
+reference. The test bodies are those of the eager modules.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _compiled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOWPREC_BACKEND", "compiled")
+def _compiled(monkeypatch: pytest.MonkeyPatch, torch_kernels: None) -> None:
+    monkeypatch.setenv("LOWPREC_BACKEND", "compiled")  # and the C++ kernels declined
 
 
 @pytest.mark.parametrize("overflow", [None, "saturate"])

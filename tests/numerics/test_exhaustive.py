@@ -53,6 +53,9 @@ from reference import (
 
 import lowprec as lp
 
+# every test on the C++ kernels and on the torch path (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 
 def _optional(make: Any) -> Any:
     """The format, or None if the core rejects its parameters with ValueError."""

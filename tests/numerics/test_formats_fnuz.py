@@ -21,6 +21,9 @@ from gfloat.formats import format_info_p3109
 
 import lowprec as lp
 
+# every test on the C++ kernels and on the torch path (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 ML_DTYPES = {
     "fp8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
     "fp8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,

@@ -8,6 +8,9 @@ import torch
 
 from lowprec.numerics import graphs
 
+# the torch path's machinery: the C++ rounding kernels declined (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("torch_kernels")
+
 
 def _scaled_sum(out: torch.Tensor, x: torch.Tensor, k: float) -> tuple[torch.Tensor, None]:
     out.copy_(x * k)

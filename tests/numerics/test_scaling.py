@@ -35,23 +35,12 @@ import pytest
 import torch
 
 import lowprec as lp
-from lowprec.numerics import block_native, fmtscale_native
 from lowprec.numerics.cast import round_to_format
 from lowprec.numerics.formats import FixedPoint, FloatingPoint
 from lowprec.numerics.scaling import _traced_tensor_round
 
-
-@pytest.fixture(autouse=True, params=["native", "torch"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test on both implementations of block scaling: the C++ kernels
-    (:mod:`lowprec.numerics.block_native`, :mod:`lowprec.numerics.fmtscale_native`, where
-    they apply) and the torch path."""
-    for module in (block_native, fmtscale_native):
-        if request.param == "torch":
-            monkeypatch.setattr(module, "_function", lambda: None)
-        elif module._function() is None:
-            pytest.skip("the native kernels could not be built here (no C++ compiler?)")
-    return request.param
+# every test on the C++ kernels and on the torch path (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 
 # ------------------------------------------------------------------------------------------

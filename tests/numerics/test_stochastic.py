@@ -28,6 +28,9 @@ from reference import FixedSpec, spec_of, sr_outcomes, sr_up_probability
 
 import lowprec as lp
 
+# every test on the C++ kernels and on the torch path (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 Z = 5.0
 
 

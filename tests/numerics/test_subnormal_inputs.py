@@ -22,6 +22,9 @@ from reference import DETERMINISTIC_MODES, mismatches_np, round_ref_modes, spec_
 import lowprec as lp
 from lowprec.numerics.formats import FixedPoint, FloatingPoint, PowerOfTwo
 
+# every test on the C++ kernels and on the torch path (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 FLOAT32_FORMATS = [
     FloatingPoint(8, 1, bias=128, specials="none"),
     PowerOfTwo(8, 127),

@@ -10,6 +10,9 @@ import torch
 import lowprec as lp
 from lowprec.numerics.telemetry import QuantInfo, TelemetryLog
 
+# every test on the C++ kernels and on the torch path (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 FX = lp.FixedPoint(4, 2)  # k / 4 for k in [-8, 7]: max 1.75, max_negative 2
 
 

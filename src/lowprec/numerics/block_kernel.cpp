@@ -1,6 +1,8 @@
-// Per-block power-of-two scaling (lowprec.numerics.slicescale) as one CPU kernel (loaded by
-// native.py): y = 2**X round(x 2**-X) per block, X = clamp(floor(log2 amax) - emax + margin,
-// -127, 127) from the block's largest finite magnitude (-127 for an all-zero block).
+// Rounding of float32 tensors on the CPU (loaded by native.py): per-block power-of-two
+// scaling (lowprec.numerics.slicescale), y = 2**X round(x 2**-X) per block, X =
+// clamp(floor(log2 amax) - emax + margin, -127, 127) from the block's largest finite
+// magnitude (-127 for an all-zero block); and plain rounding (cast.round_measured: X = 0,
+// the stochastic index an element's flat position, kernel.round_values').
 //
 // x is float32, contiguous, viewed as (outer, n, inner); blocks are runs of `size`
 // consecutive positions along n (the last one ragged), one block per (outer, inner) lane.
@@ -283,9 +285,29 @@ void columns(const Layout& t, const Rule& r, int threads) {
   }
 }
 
+// No scaling (size == 0): the n elements onto the format's own grid, X = 0.
+constexpr int64_t SPAN = 4096;  // elements of a job
+
+template <int MODE, bool SATURATE>
+void plain(const Layout& t, const Rule& r, int threads) {
+  const Grid g{splat(r.g[0]), splat(r.g[1]), splat(r.g[2]), splat(r.g[3]), splat(r.g[4]),
+               splat(r.g[6]), splat(r.g[7]), splat(r.g[8])};
+  const v16u lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t j0 = 0; j0 < t.n; j0 += SPAN) {
+    const int64_t end = t.n - j0 < SPAN ? t.n : j0 + SPAN;
+    for (int64_t k = j0; k < end; k += L) {
+      const int c = end - k < L ? (int)(end - k) : L;
+      store(t.y + k, round_block<MODE, SATURATE>(load(t.x + k, c), splat(0), g, r,
+                                                 lane + (uint32_t)k), c);
+    }
+  }
+}
+
 template <int MODE, bool SATURATE>
 void dispatch(const Layout& t, const Rule& r, int threads) {
-  if (t.inner == 1) rows<MODE, SATURATE>(t, r, threads);
+  if (t.size == 0) plain<MODE, SATURATE>(t, r, threads);
+  else if (t.inner == 1) rows<MODE, SATURATE>(t, r, threads);
   else columns<MODE, SATURATE>(t, r, threads);
 }
 
@@ -305,19 +327,9 @@ void saturating(const Layout& t, const Rule& r, int threads) {
   else dispatch<MODE, false>(t, r, threads);
 }
 
-}  // namespace
-
-extern "C" {
-
-// rule: kernel.grid_constants + rand_mask (10), then saturate, parity_from_exponent, flush,
-// symmetric, negative_zero, nan_block, emax, margin, seed words (two); mode: enum Mode.
-// Returns 0, or 1 for a mode it has no kernel for (the directed ones and "odd": slicescale
-// computes those in float64).
-int lowprec_block_round(const float* x, float* y, int64_t outer, int64_t n, int64_t inner,
-                        int64_t size, const int32_t* rule, int mode, int threads) {
+int run(const Layout& t, const int32_t* rule, int mode, int threads) {
   Rule r;
   std::memcpy(&r, rule, sizeof r);
-  const Layout t{x, y, outer, n, inner, size};
   switch (mode) {
     case NEAREST: saturating<NEAREST>(t, r, threads); return 0;
     case NEAREST_AWAY: saturating<NEAREST_AWAY>(t, r, threads); return 0;
@@ -328,6 +340,26 @@ int lowprec_block_round(const float* x, float* y, int64_t outer, int64_t n, int6
       return 0;
     default: return 1;
   }
+}
+
+}  // namespace
+
+extern "C" {
+
+// rule: kernel.grid_constants + rand_mask (10), then saturate, parity_from_exponent, flush,
+// symmetric, negative_zero, nan_block, emax, margin, seed words (two); mode: enum Mode.
+// Returns 0, or 1 for a mode it has no kernel for (the directed ones and "odd": slicescale
+// computes those in float64).
+int lowprec_block_round(const float* x, float* y, int64_t outer, int64_t n, int64_t inner,
+                        int64_t size, const int32_t* rule, int mode, int threads) {
+  return run(Layout{x, y, outer, n, inner, size}, rule, mode, threads);
+}
+
+// The n elements of x rounded onto the format (no scaling) into y (may be x); the rule as
+// above (nan_block, emax and margin unused).
+int lowprec_round(const float* x, float* y, int64_t n, const int32_t* rule, int mode,
+                  int threads) {
+  return run(Layout{x, y, 1, n, 1, 0}, rule, mode, threads);
 }
 
 }  // extern "C"

@@ -1,4 +1,5 @@
-"""Per-block power-of-two scaling as one C++ kernel (``block_kernel.cpp``).
+"""Rounding of float32 tensors in C++ (``block_kernel.cpp``): per-block power-of-two
+scaling (:func:`run`) and plain rounding (:func:`round_flat`).
 
 :func:`run` computes what :func:`.slicescale.fused_round` computes for blocks on the
 shifted grid (``y = 2**X round(x 2**-X)`` per block, ``X`` by the ``"floor"`` rule): the
@@ -15,10 +16,20 @@ or for 16 blocks at once (blocks across rows, one per lane): MX block rounding 1
 faster than the compiled kernel, and an mxfp8 GPT step 0.1-0.2x of an fp32 step cheaper
 (docs/benchmarks.md).
 
+:func:`round_flat` serves :func:`.cast.round_measured` (every ``lp.quantize`` without
+scaling or with a per-tensor scale, and so every rounding of the study's recipes): the
+kernel's own time is the compiled kernel's (both compute-bound at about 30 integer vector
+operations per element), but a call costs a few microseconds of Python and ctypes instead
+of the compiled graph's wrappers, and far less after a convolution has evicted the caches
+(a 2400-element rounding right after cifar10_quick's first convolution: 134 us against
+336 us): a cifar10_quick training step 0.03-0.07x of an fp32 step cheaper
+(docs/benchmarks.md).
+
 It declines (returns ``False``: the caller takes the compiled path) off the CPU, for
-inputs or results other than float32, for the modes :mod:`.scaling` computes in float64
-(directed, "odd"), with telemetry (the scales and statistics are the compiled kernel's),
-with ``2**31`` elements or more, or without a compiler (:mod:`.native`).
+non-contiguous tensors, inputs or results other than float32, formats float32 cannot hold,
+unsigned formats, the directed modes and "odd", with telemetry (the statistics and scales
+are the compiled kernel's), with ``2**31`` elements or more, or without a compiler
+(:mod:`.native`).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import ctypes
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -50,6 +62,13 @@ def _function() -> Callable[..., int] | None:
                            [vp, vp, i64, i64, i64, i64, vp, i32, i32])
 
 
+@functools.lru_cache(maxsize=1)
+def _plain() -> Callable[..., int] | None:
+    """``lowprec_round`` with its C signature; ``None`` without the library."""
+    i64, vp, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    return native.function("block_kernel", "lowprec_round", [vp, vp, i64, vp, i32, i32])
+
+
 @functools.lru_cache(maxsize=256)
 def _rule(fmt: Format, rand_bits: int, shape: Shape, saturate: bool, nan_block: bool,
           margin: int) -> tuple[int, ...]:
@@ -60,6 +79,27 @@ def _rule(fmt: Format, rand_bits: int, shape: Shape, saturate: bool, nan_block: 
             shape.negative_zero, nan_block, math.frexp(fmt.max)[1] - 1, margin)
 
 
+def _call(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int, shape: Shape,
+          mode: str, overflow: str, nan_block: bool, margin: int, seed: torch.Tensor,
+          elements: int) -> tuple[Callable[..., int], Any, int, int] | None:
+    """``(function, rule words, mode code, threads)`` of a call the kernel serves, else
+    ``None``; ``elements``: what it indexes (blocks padded)."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or out.dtype != torch.float32
+            or not (x.is_contiguous() and out.is_contiguous()) or mode not in _MODES
+            or shape.wide_index or not shape.signed or elements >= 2**31):
+        return None
+    fn = _function()
+    if fn is None:
+        return None
+    rule = _rule(fmt, rand_bits, shape, overflow == "saturate", nan_block, margin)
+    words = (ctypes.c_int32 * 20)(*rule, *(seed.tolist() if mode == "stochastic" else (0, 0)))
+    by_float = (mode == "nearest" and 1 <= fmt.grid_man <= 22 and shape.symmetric
+                and shape.negative_zero and not (shape.flush or shape.parity_from_exponent)
+                and fmt.grid_qmin >= -149 and fmt.grid_qmin + fmt.grid_man >= -126)
+    threads = 1 if x.numel() < GRAIN else torch.get_num_threads()
+    return fn, words, native.NEAREST_FLOAT if by_float else native.MODES.index(mode), threads
+
+
 def run(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int, shape: Shape,
         mode: str, overflow: str, nan_block: bool, margin: int, size: int,
         seed: torch.Tensor) -> bool:
@@ -68,20 +108,24 @@ def run(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int, shape: 
     ``shape``: the format's :class:`.kernel.Shape` (signed), its grids shiftable in float32
     (the caller's ``"floor"`` rule, ``margin <= 0``: :func:`.slicescale._shiftable`).
     Returns ``False`` (nothing written) where the kernel declines."""
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or out.dtype != torch.float32
-            or mode not in _MODES or shape.wide_index or not shape.signed):
-        return False
     outer, n, inner = x.shape
-    if outer * -(-n // size) * size * inner >= 2**31:
+    call = _call(out, x, fmt, rand_bits, shape, mode, overflow, nan_block, margin, seed,
+                 outer * -(-n // size) * size * inner)
+    if call is None:
         return False
-    fn = _function()
-    if fn is None:
+    fn, words, code, threads = call
+    return not fn(x.data_ptr(), out.data_ptr(), outer, n, inner, size, words, code, threads)
+
+
+def round_flat(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int,
+               shape: Shape, mode: str, overflow: str, seed: torch.Tensor) -> bool:
+    """``out[:] = round(x)`` onto ``fmt`` (no scaling) for flat contiguous float32 ``x`` and
+    ``out`` (may be one tensor), as :func:`.kernel.round_flat` computes it (an element's
+    stochastic index its position); ``False`` (nothing written) where the kernel
+    declines."""
+    call = _call(out, x, fmt, rand_bits, shape, mode, overflow, False, 0, seed, x.numel())
+    plain = _plain()
+    if call is None or plain is None:
         return False
-    rule = _rule(fmt, rand_bits, shape, overflow == "saturate", nan_block, margin)
-    words = (ctypes.c_int32 * 20)(*rule, *(seed.tolist() if mode == "stochastic" else (0, 0)))
-    by_float = (mode == "nearest" and 1 <= fmt.grid_man <= 22 and shape.symmetric
-                and shape.negative_zero and not (shape.flush or shape.parity_from_exponent))
-    threads = 1 if x.numel() < GRAIN else torch.get_num_threads()
-    failed = fn(x.data_ptr(), out.data_ptr(), outer, n, inner, size, words,
-                native.NEAREST_FLOAT if by_float else native.MODES.index(mode), threads)
-    return not failed
+    _, words, code, threads = call
+    return not plain(x.data_ptr(), out.data_ptr(), x.numel(), words, code, threads)

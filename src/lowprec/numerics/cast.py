@@ -7,7 +7,9 @@ inputs in float64; formats whose values float32 cannot hold (spacings below
 input's dtype. Where the format holds values the input dtype cannot (e.g.
 ``FixedPoint(12, 8)`` on a bfloat16 tensor, 11 significant bits into 8), that
 last conversion rounds to nearest-even: pass ``out=`` a float32 tensor to keep
-the exact value.
+the exact value. On the CPU, float32 to float32 in float32 arithmetic (nearest-even,
+nearest-away, stochastic) runs in C++ (:func:`.block_native.round_flat`: the same bits),
+everything else through :func:`.kernel.round_flat` (compiled or eager).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-from . import kernel
+from . import block_native, kernel
 from .formats import Format
 from .rounding import check_mode, check_overflow, check_rand_bits
 
@@ -180,17 +182,14 @@ def round_measured(
     same = x.data_ptr() == target.data_ptr() and x.dtype == target.dtype and x.is_contiguous()
     if not same and overlaps(x, target):  # partial overlap: read x before writing any of out
         x = x.clone()
-    measured = kernel.round_flat(
-        flat_out,
-        flat_out if same else x.reshape(-1).detach(),
-        grid,
-        seed,
-        rounding,
-        ovf,
-        wide if x.numel() > 2**31 else narrow,
-        compute,
-        stats,
-    )
+    flat_x = flat_out if same else x.reshape(-1).detach()
+    shape = wide if x.numel() > 2**31 else narrow
+    if (not stats and compute == torch.float32
+            and block_native.round_flat(flat_out, flat_x, fmt, bits, shape, rounding, ovf, seed)):
+        measured = None  # the C++ kernel (CPU, float32; the same bits)
+    else:
+        measured = kernel.round_flat(flat_out, flat_x, grid, seed, rounding, ovf, shape,
+                                     compute, stats)
     if target is not out:
         out.copy_(target)
     return out, measured
