@@ -141,7 +141,7 @@ def test_cached_graphs_compute_the_same_bits(tmp_path):
     fresh caches; the second compiles nothing and loads every graph."""
     x = _inputs(torch.float32)[:6000].contiguous()
     torch.save(x, tmp_path / "x.pt")
-    env = {**os.environ, "LOWPREC_BACKEND": "compiled",
+    env = {**os.environ, "LOWPREC_BACKEND": "compiled", "LOWPREC_NATIVE": "off",
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
            "LOWPREC_CACHE_DIR": str(tmp_path / "lowprec-cache")}
     script = tmp_path / "run.py"

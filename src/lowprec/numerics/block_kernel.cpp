@@ -10,8 +10,8 @@
 // same codes as scaling, rounding and unscaling; the caller admits only formats whose
 // shifted grids hold in float32), by kernel.round_kernel on 16 int32 lanes ported operation
 // for operation (float32 container: P = 23, bias = 127, width 32; subnormal inputs, as the
-// shifted grid may reach below float32's normals) for the modes slicescale computes in
-// float32: nearest-even, nearest-away and stochastic. With inner == 1 a block is contiguous and
+// shifted grid may reach below float32's normals), every mode (slicescale computes the
+// directed ones and "odd" in float64, so only plain rounding uses those). With inner == 1 a block is contiguous and
 // its 16 lanes share one grid; otherwise each lane is its own block (16 consecutive inner
 // positions) with its own grid. Stochastic rounding hashes each element's index in the
 // layout slicescale's torch path uses (axis moved last, blocks padded to `size`):
@@ -120,12 +120,19 @@ inline v16i round16(v16i b, const Grid& g, const Rule& r, v16u index) {
   const v16i f = s >> d;
   const v16i rem = s - (f << d);
   v16i up;  // 0 or -1
-  if (MODE == NEAREST) {
+  if (MODE == NEAREST || MODE == ODD) {
     const v16i odd = (r.parity_from_exponent
                       ? ((d + efc + g.g2) & (f != 0 ? splat(1) : splat(0))) : f) & 1;
-    up = ((rem << 1) | odd) > (splat(1) << d);
+    if (MODE == NEAREST) up = ((rem << 1) | odd) > (splat(1) << d);
+    else up = (rem != 0) & (odd == 0);
   } else if (MODE == NEAREST_AWAY) {
     up = (rem << 1) >= (splat(1) << d);
+  } else if (MODE == TOWARD_ZERO) {
+    up = splat(0);
+  } else if (MODE == UP) {
+    up = (rem != 0) & (b >= 0);
+  } else if (MODE == DOWN) {
+    up = (rem != 0) & (b < 0);
   } else {  // STOCHASTIC: kernel._stochastic_up with a = 30
     const v16i h = (v16i)(lowbias32(index ^ (uint32_t)r.seed0) ^ (uint32_t)r.seed1);
     v16i sh = dt - d;
@@ -136,7 +143,16 @@ inline v16i round16(v16i b, const Grid& g, const Rule& r, v16u index) {
   }
   v16i res = d > 23 ? (up != 0 ? g.g8 : splat(0)) : u - rem + ((up & 1) << d);
   const v16i limit = r.symmetric ? g.g3 : (b < 0 ? g.g4 : g.g3);
-  res = res > limit ? (SATURATE ? limit : splat(r.g[5])) : res;
+  const v16i over = res > limit;
+  if (SATURATE || MODE == NEAREST || MODE == NEAREST_AWAY || MODE == STOCHASTIC) {
+    res = over ? (SATURATE ? limit : splat(r.g[5])) : res;
+  } else {  // directed: away from zero gives inf/NaN, toward zero the limit
+    v16i away = u == INF;
+    if (MODE == UP) away |= over & (b >= 0);
+    if (MODE == DOWN) away |= over & (b < 0);
+    res = over ? limit : res;
+    res = away ? splat(r.g[5]) : res;
+  }
   v16i sign = b & (int32_t)0x80000000;
   if (!r.negative_zero) sign = res == 0 ? splat(0) : sign;
   res |= sign;
@@ -333,6 +349,10 @@ int run(const Layout& t, const int32_t* rule, int mode, int threads) {
   switch (mode) {
     case NEAREST: saturating<NEAREST>(t, r, threads); return 0;
     case NEAREST_AWAY: saturating<NEAREST_AWAY>(t, r, threads); return 0;
+    case TOWARD_ZERO: saturating<TOWARD_ZERO>(t, r, threads); return 0;
+    case DOWN: saturating<DOWN>(t, r, threads); return 0;
+    case UP: saturating<UP>(t, r, threads); return 0;
+    case ODD: saturating<ODD>(t, r, threads); return 0;
     case STOCHASTIC: saturating<STOCHASTIC>(t, r, threads); return 0;
     case NEAREST_FLOAT:
       if (default_fpu()) saturating<NEAREST_FLOAT>(t, r, threads);
@@ -348,8 +368,7 @@ extern "C" {
 
 // rule: kernel.grid_constants + rand_mask (10), then saturate, parity_from_exponent, flush,
 // symmetric, negative_zero, nan_block, emax, margin, seed words (two); mode: enum Mode.
-// Returns 0, or 1 for a mode it has no kernel for (the directed ones and "odd": slicescale
-// computes those in float64).
+// Returns 0, or 1 for a mode it has no kernel for.
 int lowprec_block_round(const float* x, float* y, int64_t outer, int64_t n, int64_t inner,
                         int64_t size, const int32_t* rule, int mode, int threads) {
   return run(Layout{x, y, outer, n, inner, size}, rule, mode, threads);

@@ -5,8 +5,9 @@ scaling (:func:`run`) and plain rounding (:func:`round_flat`).
 shifted grid (``y = 2**X round(x 2**-X)`` per block, ``X`` by the ``"floor"`` rule): the
 block's amax, its exponent and the rounding, :func:`.kernel.round_kernel` ported lane for
 lane on 16 int32 lanes, stochastic rounding hashing the same element indices with the same
-seed words; so the bits are the torch path's, for the modes :mod:`.scaling` computes in
-float32 (nearest-even, nearest-away, stochastic) and either overflow rule. Nearest-even,
+seed words; so the bits are the torch path's, for every mode and overflow rule (block
+scaling in float32 sees nearest-even, nearest-away and stochastic rounding: :mod:`.scaling`
+computes the directed modes and "odd" in float64). Nearest-even,
 for the floating-point formats that admit it, scales, rounds and unscales in float32
 operations instead (``NEAREST_FLOAT``: the same bits in about half the operations;
 block_kernel.cpp says why they are exact). Inductor's loop takes a horizontal maximum per
@@ -27,9 +28,8 @@ of the compiled graph's wrappers, and far less after a convolution has evicted t
 
 It declines (returns ``False``: the caller takes the compiled path) off the CPU, for
 non-contiguous tensors, inputs or results other than float32, formats float32 cannot hold,
-unsigned formats, the directed modes and "odd", with telemetry (the statistics and scales
-are the compiled kernel's), with ``2**31`` elements or more, or without a compiler
-(:mod:`.native`).
+unsigned formats, with telemetry (the statistics and scales are the compiled kernel's),
+with ``2**31`` elements or more, or without a compiler (:mod:`.native`).
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ from .kernel import Shape
 
 __all__ = ["run"]
 
-#: the modes the kernel has (those :mod:`.scaling` computes in float32)
-_MODES = ("nearest", "nearest_away", "stochastic")
 #: elements below which a call runs on one thread (waking a second costs more)
 GRAIN = 1 << 15
 
@@ -85,7 +83,7 @@ def _call(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int, shape
     """``(function, rule words, mode code, threads)`` of a call the kernel serves, else
     ``None``; ``elements``: what it indexes (blocks padded)."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or out.dtype != torch.float32
-            or not (x.is_contiguous() and out.is_contiguous()) or mode not in _MODES
+            or not (x.is_contiguous() and out.is_contiguous())
             or shape.wide_index or not shape.signed or elements >= 2**31):
         return None
     fn = _function()

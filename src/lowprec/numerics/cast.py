@@ -7,9 +7,9 @@ inputs in float64; formats whose values float32 cannot hold (spacings below
 input's dtype. Where the format holds values the input dtype cannot (e.g.
 ``FixedPoint(12, 8)`` on a bfloat16 tensor, 11 significant bits into 8), that
 last conversion rounds to nearest-even: pass ``out=`` a float32 tensor to keep
-the exact value. On the CPU, float32 to float32 in float32 arithmetic (nearest-even,
-nearest-away, stochastic) runs in C++ (:func:`.block_native.round_flat`: the same bits),
-everything else through :func:`.kernel.round_flat` (compiled or eager).
+the exact value. On the CPU, float32 to float32 in float32 arithmetic runs in C++
+(:func:`.block_native.round_flat`: the same bits), everything else through
+:func:`.kernel.round_flat` (compiled or eager).
 """
 
 from __future__ import annotations
