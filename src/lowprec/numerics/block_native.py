@@ -46,7 +46,7 @@ from . import kernel, native
 from .formats import Format
 from .kernel import Shape
 
-__all__ = ["run"]
+__all__ = ["round_flat", "run"]
 
 #: elements below which a call runs on one thread (waking a second costs more)
 GRAIN = 1 << 15
@@ -77,17 +77,15 @@ def _rule(fmt: Format, rand_bits: int, shape: Shape, saturate: bool, nan_block: 
             shape.negative_zero, nan_block, math.frexp(fmt.max)[1] - 1, margin)
 
 
-def _call(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int, shape: Shape,
-          mode: str, overflow: str, nan_block: bool, margin: int, seed: torch.Tensor,
-          elements: int) -> tuple[Callable[..., int], Any, int, int] | None:
-    """``(function, rule words, mode code, threads)`` of a call the kernel serves, else
+def _call(fn: Callable[..., int] | None, out: torch.Tensor, x: torch.Tensor, fmt: Format,
+          rand_bits: int, shape: Shape, mode: str, overflow: str, nan_block: bool,
+          margin: int, seed: torch.Tensor, elements: int
+          ) -> tuple[Callable[..., int], Any, int, int] | None:
+    """``(fn, rule words, mode code, threads)`` of a call of ``fn`` the kernel serves, else
     ``None``; ``elements``: what it indexes (blocks padded)."""
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or out.dtype != torch.float32
-            or not (x.is_contiguous() and out.is_contiguous())
+    if (fn is None or x.device.type != "cpu" or x.dtype != torch.float32
+            or out.dtype != torch.float32 or not (x.is_contiguous() and out.is_contiguous())
             or shape.wide_index or not shape.signed or elements >= 2**31):
-        return None
-    fn = _function()
-    if fn is None:
         return None
     rule = _rule(fmt, rand_bits, shape, overflow == "saturate", nan_block, margin)
     words = (ctypes.c_int32 * 20)(*rule, *(seed.tolist() if mode == "stochastic" else (0, 0)))
@@ -107,8 +105,8 @@ def run(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int, shape: 
     (the caller's ``"floor"`` rule, ``margin <= 0``: :func:`.slicescale._shiftable`).
     Returns ``False`` (nothing written) where the kernel declines."""
     outer, n, inner = x.shape
-    call = _call(out, x, fmt, rand_bits, shape, mode, overflow, nan_block, margin, seed,
-                 outer * -(-n // size) * size * inner)
+    call = _call(_function(), out, x, fmt, rand_bits, shape, mode, overflow, nan_block,
+                 margin, seed, outer * -(-n // size) * size * inner)
     if call is None:
         return False
     fn, words, code, threads = call
@@ -121,9 +119,10 @@ def round_flat(out: torch.Tensor, x: torch.Tensor, fmt: Format, rand_bits: int,
     ``out`` (may be one tensor), as :func:`.kernel.round_flat` computes it (an element's
     stochastic index its position); ``False`` (nothing written) where the kernel
     declines."""
-    call = _call(out, x, fmt, rand_bits, shape, mode, overflow, False, 0, seed, x.numel())
-    plain = _plain()
-    if call is None or plain is None:
+    plain = _plain() if _function() is not None else None  # one library: one switch
+    call = _call(plain, out, x, fmt, rand_bits, shape, mode, overflow, False, 0, seed,
+                 x.numel())
+    if call is None:
         return False
-    _, words, code, threads = call
-    return not plain(x.data_ptr(), out.data_ptr(), x.numel(), words, code, threads)
+    fn, words, code, threads = call
+    return not fn(x.data_ptr(), out.data_ptr(), x.numel(), words, code, threads)
