@@ -80,6 +80,6 @@ def run(x: torch.Tensor, fmt: Format, rounding: str, sfmt: Format, axis: int, bl
     threads = 1 if x.numel() < GRAIN else torch.get_num_threads()
     failed = fn(x3.data_ptr(), y.data_ptr(), outer, n, inner, size, elem[0].data_ptr(),
                 scale[0].data_ptr(), flags.data_ptr(), values.data_ptr(),
-                native.code64(fmt, mode, elem[1]), threads)
+                native.code64(fmt, mode, bits, ovf), threads)
     assert not failed, mode  # every mode has a kernel
     return y

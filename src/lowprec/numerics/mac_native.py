@@ -70,7 +70,7 @@ def _rule(rounder: RoundTo, modes: tuple[str, ...]) -> tuple[
     rule = native.rule64(fmt, bits, overflow)
     if rule is None:
         return None
-    return rule[0], rule[1], native.code64(fmt, mode, rule[1])
+    return rule[0], rule[1], native.code64(fmt, mode, bits, overflow)
 
 
 def offsets(t: torch.Tensor, split: tuple[int, int, int]) -> list[torch.Tensor]:

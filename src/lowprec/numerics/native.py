@@ -134,12 +134,15 @@ def rule64(fmt: Format, rand_bits: int, overflow: str) -> tuple[torch.Tensor, to
     return grid, flags
 
 
-def code64(fmt: Format, mode: str, flags: torch.Tensor) -> int:
-    """The kernels' code for rounding onto ``fmt`` in ``mode`` on float64 lanes (``flags``:
-    :func:`rule64`'s): ``NEAREST_ADD`` for nearest-even where round8_add gives round8's
+@functools.lru_cache(maxsize=256)
+def code64(fmt: Format, mode: str, rand_bits: int, overflow: str) -> int:
+    """The kernels' code for rounding onto ``fmt`` in ``mode`` on float64 lanes (a format
+    :func:`rule64` serves): ``NEAREST_ADD`` for nearest-even where round8_add gives round8's
     bits (at least 3 dropped bits, no flush, no exponent parity, symmetric, largest value
     below ``2**900``: round8.h), else the mode's own."""
-    parity, flush, symmetric = flags[1:4].tolist()
+    rule = rule64(fmt, rand_bits, overflow)
+    assert rule is not None, fmt
+    parity, flush, symmetric = rule[1][1:4].tolist()
     if (mode == "nearest" and fmt.grid_man <= 49 and fmt.max < 2.0**900
             and not (parity or flush) and symmetric):
         return NEAREST_ADD
